@@ -1,0 +1,100 @@
+"""``cloudsigma-ccm`` command line: ``run`` (default) and ``doctor``.
+
+Flags are generated from :class:`ccm.config.Settings`, so every setting is both ``CLOUDSIGMA_<NAME>`` and
+``--<name>``; flags win over the environment. Configuration errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
+from ccm.config import ConfigError, Settings, env_name, flag_name, load_settings
+from ccm.logging import configure_logging
+
+EXIT_CONFIG = 2
+COMMANDS = ("run", "doctor")
+
+
+def _is_bool(info: FieldInfo) -> bool:
+    return info.annotation is bool
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        return "auto"
+    if info.default is None:
+        return "unset"
+    return str(info.default)
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"cloudsigma-ccm{'' if command == 'run' else ' ' + command}",
+        description=("Kubernetes cloud controller manager for CloudSigma. Every flag is also an environment "
+                     "variable CLOUDSIGMA_<FLAG_NAME>."),
+        argument_default=argparse.SUPPRESS,
+    )
+    for name, info in Settings.model_fields.items():
+        help_text = f"{info.description or ''} [env {env_name(name)}; default {_default_text(info)}]"
+        help_text = help_text.replace("%", "%%")
+        if _is_bool(info):
+            parser.add_argument(flag_name(name), dest=name, nargs="?", const="true", metavar="BOOL", help=help_text)
+        else:
+            parser.add_argument(flag_name(name), dest=name, metavar=_metavar(info), help=help_text)
+    if command == "doctor":
+        parser.add_argument("--output", choices=("table", "json"), default="table", help="Output format.")
+    return parser
+
+
+def _metavar(info: FieldInfo) -> str:
+    ann = info.annotation
+    if ann is float:
+        return "DURATION"
+    if ann is int:
+        return "N"
+    args = typing.get_args(ann)
+    if args and all(isinstance(a, str) for a in args):
+        return "{" + ",".join(args) + "}"
+    return "VALUE"
+
+
+def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    args = list(argv)
+    command = "run"
+    if args and args[0] in COMMANDS:
+        command = args.pop(0)
+    namespace = build_parser(command).parse_args(args)
+    return command, vars(namespace)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command, values = parse(sys.argv[1:] if argv is None else argv)
+    output = values.pop("output", "table")
+    try:
+        settings = load_settings(values)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    redactor = configure_logging(level=settings.log_level, fmt=settings.log_format)
+    if command == "doctor":
+        from ccm.doctor import run_doctor
+
+        return asyncio.run(run_doctor(settings, redactor, output=output))
+    from ccm.daemon import run
+
+    try:
+        return asyncio.run(run(settings, redactor))
+    except ValueError as exc:  # provider registry / chain construction problems are configuration errors
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Configuration: environment variables and ``--kebab-case`` flags, validated once at start-up.
+
+Every setting is an env var ``CLOUDSIGMA_<NAME>`` and a flag ``--<name>`` (flags win). Names from the PRD
+(seed 000) are kept: ``CLOUDSIGMA_IMPERSONATION_ENABLED`` / ``--impersonation-enabled`` and so on. Upstream
+cloud-controller-manager flag names are used where upstream has one (``--concurrent-node-syncs``,
+``--node-status-update-frequency``, ``--node-monitor-period``, ``--leader-elect*``, ``--kubeconfig``).
+Secrets may also come from files: ``CLOUDSIGMA_CLIENT_SECRET_FILE``, ``CLOUDSIGMA_PASSWORD_FILE``,
+``CLOUDSIGMA_TOKEN_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IMPERSONATION_STRATEGIES = ("keycloak-token-exchange", "cloudsigma-service-provider")
+_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*"
+                          r"(?:(\d+(?:\.\d+)?)ms)?\s*$")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong. ``str()`` is one line naming the setting and what to do."""
+
+
+def env_name(field: str) -> str:
+    return "CLOUDSIGMA_" + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def parse_duration(value: Any) -> float:
+    """``"5m"``, ``"1h30m"``, ``"10s"``, ``"250ms"`` or a number of seconds → seconds (>= 0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            if text.startswith("-"):
+                raise ValueError(f"{value!r} is negative; durations must be >= 0") from None
+            match = _DURATION_RE.match(text)
+            if not text or not match or not any(match.groups()):
+                raise ValueError(f"{value!r} is not a duration; use e.g. 30s, 5m, 1h") from None
+            h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
+            seconds = h * 3600 + m * 60 + s + ms / 1000
+    else:
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if seconds < 0:
+        raise ValueError(f"{value!r} is negative; durations must be >= 0")
+    return seconds
+
+
+def _check_url_template(value: str, *, what: str) -> str:
+    parsed = urlparse(value.replace("{region}", "region"))
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"{value!r} is not an http(s) URL for the {what}")
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of the CCM daemon and ``doctor``."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUDSIGMA_", extra="ignore", validate_default=True,
+                                      env_ignore_empty=True)
+
+    # -- CloudSigma account and region (seed 000) --
+    region: str = Field("", description="CloudSigma location, e.g. zrh, fra, next. Required.")
+    user_email: str | None = Field(None, description="The cluster owner's CloudSigma email (the user to impersonate).")
+
+    # -- impersonation (seed 000) --
+    impersonation_enabled: bool = Field(False, description="Act as the user through impersonated tokens.")
+    impersonation_strategy: str = Field(
+        "keycloak-token-exchange",
+        description="keycloak-token-exchange (RFC 8693) or cloudsigma-service-provider (CloudSigma's endpoint).",
+    )
+    oauth_url: str | None = Field(None, description="Keycloak base URL or realm issuer URL.")
+    oauth_realm: str = Field("cloudsigma", description="Realm used when the OAuth URL is not a realm issuer.")
+    client_id: str | None = Field(None, description="OAuth client id of the CCM's service account.")
+    client_secret: SecretStr | None = Field(None, description="OAuth client secret (or CLOUDSIGMA_CLIENT_SECRET_FILE).")
+    client_secret_file: Path | None = Field(None, description="File holding the client secret.")
+    token_audience: str | None = Field(None, description="Audience requested in the token exchange (API client).")
+    uma_audience: str = Field("service_provider_api", description="UMA audience of the service-provider flow.")
+
+    # -- legacy username/password --
+    username: str | None = Field(None, description="CloudSigma username (email) for HTTP basic auth: the fallback.")
+    password: SecretStr | None = Field(None, description="CloudSigma password (or CLOUDSIGMA_PASSWORD_FILE).")
+    password_file: Path | None = Field(None, description="File holding the password.")
+
+    # -- static bearer token --
+    static_token: SecretStr | None = Field(None, description="A bearer token used as is (env CLOUDSIGMA_STATIC_TOKEN).")
+    static_token_file: Path | None = Field(None, description="File with a bearer token, re-read when it changes.")
+    static_token_impersonated: bool = Field(False, description="The static token is an impersonated token.")
+
+    # -- credential chain --
+    credential_chain: list[str] = Field(
+        default_factory=list,
+        description="Provider names in order (comma-separated). Default: impersonation strategy, static-token, "
+        "password — each only when configured.",
+    )
+    allow_fallback_on_forbidden: bool = Field(
+        False, description="Retry a 403 of an impersonated token with the next provider (hides ownership problems).")
+    token_refresh_margin: float = Field(120.0, description="Refresh tokens this long before expiry (capped at 25% "
+                                        "of the token's lifetime).")
+    token_cache_size: int = Field(256, ge=1, description="Most tokens kept in the cache.")
+
+    # -- CloudSigma API --
+    api_url: str = Field("https://{region}.cloudsigma.com/api/2.0/",
+                         description="API endpoint template used with username/password.")
+    impersonation_api_url: str = Field("https://direct.{region}.cloudsigma.com/api/2.0/",
+                                       description="API endpoint template used with impersonated tokens.")
+    service_provider_url: str = Field("https://direct.{region}.cloudsigma.com/service_provider/api/v1/",
+                                      description="CloudSigma service-provider API (impersonate endpoint).")
+    http_timeout: float = Field(15.0, description="Timeout of one HTTP request to CloudSigma or the IdP.")
+    api_page_size: int = Field(0, ge=0, description="Objects per list page; 0 asks for all in one response.")
+    api_retry_attempts: int = Field(4, ge=1, le=20, description="Attempts per CloudSigma call (transient errors).")
+
+    # -- tenant cluster and controllers --
+    kubeconfig: Path | None = Field(None, description="Tenant kubeconfig (or KUBECONFIG); in-cluster if unset.")
+    cluster_name: str = Field("", description="Name of the tenant cluster, for logs and events.")
+    concurrent_node_syncs: int = Field(4, ge=1, le=256, description="Node reconcile workers.")
+    node_status_update_frequency: float = Field(300.0, description="Address re-sync period of initialized nodes.")
+    server_cache_max_age: float = Field(10.0, description="Longest a server snapshot answers before a refresh.")
+    node_monitor_period: float = Field(10.0, description="How often NotReady nodes are checked against the cloud.")
+    node_deletion_enabled: bool = Field(True, description="Delete Nodes whose server is provably gone.")
+    node_deletion_grace_period: float = Field(300.0, description="How long a node must be NotReady before deletion.")
+    node_lookup_by_system_uuid: bool = Field(True, description="Match servers by status.nodeInfo.systemUUID too.")
+    zone: str | None = Field(None, description="Zone label value; default: the region.")
+    watch_timeout: float = Field(300.0, description="Server-side timeout of one node watch request.")
+    shutdown_timeout: float = Field(20.0, description="Longest in-flight reconciles may take on SIGTERM.")
+
+    # -- leader election (management cluster) --
+    leader_elect: bool = Field(True, description="Use a Lease so only one replica reconciles.")
+    leader_elect_kubeconfig: Path | None = Field(None, description="Management kubeconfig; in-cluster if unset.")
+    leader_elect_resource_name: str = Field("cloudsigma-ccm", description="Lease name.")
+    leader_elect_resource_namespace: str | None = Field(None, description="Lease namespace; default: pod namespace.")
+    leader_elect_lease_duration: float = Field(15.0, description="Lease duration.")
+    leader_elect_renew_deadline: float = Field(10.0, description="Renew deadline.")
+    leader_elect_retry_period: float = Field(2.0, description="Retry period.")
+    leader_elect_identity: str | None = Field(None, description="Holder identity; default: hostname_uuid.")
+
+    # -- operations --
+    metrics_bind_address: str = Field("0.0.0.0:10258", description="Address of /healthz, /readyz and /metrics "
+                                      "(empty disables).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="json, console, or auto (tty).")
+
+    @field_validator(
+        "node_status_update_frequency", "server_cache_max_age", "node_monitor_period", "node_deletion_grace_period",
+        "http_timeout", "token_refresh_margin", "watch_timeout", "shutdown_timeout", "leader_elect_lease_duration",
+        "leader_elect_renew_deadline", "leader_elect_retry_period", mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("credential_chain", mode="before")
+    @classmethod
+    def _chain(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_url", "impersonation_api_url", "service_provider_url")
+    @classmethod
+    def _url_template(cls, value: str) -> str:
+        return _check_url_template(value, what="CloudSigma API")
+
+    @field_validator("oauth_url")
+    @classmethod
+    def _oauth_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _check_url_template(value.rstrip("/"), what="OAuth server")
+
+    @field_validator("user_email", "username")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value and ("@" not in value or " " in value):
+            raise ValueError(f"{value!r} is not an email address")
+        return value or None
+
+    @field_validator("impersonation_strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        if value not in IMPERSONATION_STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; use one of {', '.join(IMPERSONATION_STRATEGIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Settings:
+        self.client_secret = self.client_secret or _read_secret(self.client_secret_file, "client_secret_file")
+        self.password = self.password or _read_secret(self.password_file, "password_file")
+        if self.kubeconfig is None and os.environ.get("KUBECONFIG"):
+            self.kubeconfig = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
+        if not self.region:
+            raise _cross("region", "is required: set it to the CloudSigma location of the cluster (e.g. zrh)")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.region):
+            raise _cross("region", f"{self.region!r} is not a location id (lower-case letters, digits, '-')")
+        if self.impersonation_enabled:
+            if not self.user_email:
+                raise _cross("user_email", "is required when impersonation is enabled: set the cluster owner's email")
+            if not self.oauth_url:
+                raise _cross("oauth_url", "is required when impersonation is enabled: set the Keycloak URL")
+            if not self.client_id:
+                raise _cross("client_id", "is required when impersonation is enabled")
+            if self.client_secret is None or not self.client_secret.get_secret_value():
+                raise _cross("client_secret", "is required when impersonation is enabled "
+                             "(or CLOUDSIGMA_CLIENT_SECRET_FILE)")
+        has_password = bool(self.username and self.password is not None and self.password.get_secret_value())
+        if bool(self.username) != (self.password is not None):
+            raise _cross("password" if self.username else "username",
+                         "username and password must be set together")
+        has_static = self.static_token is not None or self.static_token_file is not None
+        if not self.credential_chain:
+            chain: list[str] = []
+            if self.impersonation_enabled:
+                chain.append(self.impersonation_strategy)
+            if has_static:
+                chain.append("static-token")
+            if has_password:
+                chain.append("password")
+            self.credential_chain = chain
+        if not self.credential_chain:
+            raise _cross("impersonation_enabled", "no credentials configured: enable impersonation "
+                         "(with --oauth-url, --client-id, --client-secret, --user-email) or set "
+                         "CLOUDSIGMA_USERNAME/CLOUDSIGMA_PASSWORD")
+        if len(set(self.credential_chain)) != len(self.credential_chain):
+            raise _cross("credential_chain", "lists a provider twice")
+        if not self.user_email:
+            # Password-only deployments act as the basic-auth user.
+            self.user_email = self.username
+        if self.static_token_file is not None and not self.static_token_file.is_file():
+            raise _cross("static_token_file", f"{self.static_token_file} is not a readable file")
+        if self.kubeconfig is not None and not (self.kubeconfig.is_file() and os.access(self.kubeconfig, os.R_OK)):
+            raise _cross("kubeconfig", f"{self.kubeconfig} is not a readable file: mount the tenant kubeconfig there")
+        if self.leader_elect_renew_deadline >= self.leader_elect_lease_duration:
+            raise _cross("leader_elect_renew_deadline", "must be shorter than --leader-elect-lease-duration")
+        if self.leader_elect_retry_period >= self.leader_elect_renew_deadline:
+            raise _cross("leader_elect_retry_period", "must be shorter than --leader-elect-renew-deadline")
+        for name in ("http_timeout", "server_cache_max_age", "node_monitor_period", "watch_timeout"):
+            if getattr(self, name) <= 0:
+                raise _cross(name, "must be greater than zero")
+        return self
+
+    @property
+    def effective_zone(self) -> str:
+        return self.zone or self.region
+
+
+class _CrossFieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _cross(field: str, message: str) -> _CrossFieldError:
+    return _CrossFieldError(field, message)
+
+
+def _read_secret(path: Path | None, field: str) -> SecretStr | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise _cross(field, f"cannot read {path}: {exc.strerror}") from None
+    return SecretStr(text) if text else None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the setting (env var and flag) and what is wrong."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ())]
+    ctx = err.get("ctx") or {}
+    inner = ctx.get("error")
+    field = loc[0] if loc else ""
+    message = str(err.get("msg", "invalid value"))
+    if isinstance(inner, _CrossFieldError):
+        field, message = inner.field, str(inner)
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if not field:
+        return f"configuration error: {message}"
+    return f"configuration error: {env_name(field)} / {flag_name(field)} {message}"
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Build settings from the environment plus explicit overrides (flags). Raises :class:`ConfigError`."""
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except _CrossFieldError as exc:
+        raise ConfigError(f"configuration error: {env_name(exc.field)} / {flag_name(exc.field)} {exc}") from None

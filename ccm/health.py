@@ -1,0 +1,62 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` on one aiohttp server.
+
+Neither probe depends on CloudSigma or the identity provider: a cloud outage must not restart the CCM
+(that would only add token exchanges to the outage).
+- ``/healthz``: the event loop answers and, when this process leads, the node watch has shown activity
+  (an event, a bookmark or a relist) within ``watch_stale_after``.
+- ``/readyz``: the initial node list has been synced — or this replica is a standby (not leading), which is
+  ready by design so rolling updates are not blocked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ccm.metrics import Metrics
+
+
+@dataclass
+class HealthState:
+    leading: bool = False
+    synced: bool = False
+    last_watch_activity: Callable[[], float] | None = None
+    watch_stale_after: float = 900.0
+
+
+def create_app(state: HealthState, metrics: Metrics) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        if state.leading and state.last_watch_activity is not None:
+            idle = time.monotonic() - state.last_watch_activity()
+            if idle > state.watch_stale_after:
+                return web.Response(status=503, text=f"node watch idle for {idle:.0f}s\n")
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if not state.leading:
+            return web.Response(text="ok (standby)\n")
+        if not state.synced:
+            return web.Response(status=503, text="initial node list not synced yet\n")
+        return web.Response(text="ok\n")
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+async def start_server(app: web.Application, bind_address: str) -> web.AppRunner:
+    host, _, port = bind_address.rpartition(":")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104 - configurable bind
+    await site.start()
+    return runner

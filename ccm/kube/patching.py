@@ -1,0 +1,55 @@
+"""Writing Nodes: the only module that changes Node objects.
+
+- Addresses go to the ``status`` subresource as a JSON merge patch, which replaces the whole list:
+  ``status.addresses`` has merge key ``type`` and a strategic merge would collapse two addresses of one type.
+- Metadata/spec changes (providerID, labels, taints) are merge patches carrying ``metadata.resourceVersion``:
+  the API server answers 409 if the Node changed since we read it, so a taint list is never overwritten blind.
+- Deletion carries uid and resourceVersion preconditions: a Node re-registered under the same name is never
+  deleted by a decision made about its predecessor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccm.kube.fetching import NODES
+from ccm.kube.transport import JSON, KubeTransport
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+async def replace_addresses(kube: KubeTransport, name: str, addresses: list[dict[str, str]]) -> JSON:
+    body = {"status": {"addresses": addresses}}
+    return await kube.request("PATCH", f"{NODES}/{name}/status", body=body, content_type=MERGE_PATCH)
+
+
+async def patch_node(
+    kube: KubeTransport,
+    name: str,
+    *,
+    resource_version: str,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str | None] | None = None,
+    provider_id: str | None = None,
+    taints: list[dict[str, Any]] | None = None,
+) -> JSON:
+    metadata: dict[str, Any] = {"resourceVersion": resource_version}
+    if labels:
+        metadata["labels"] = labels
+    if annotations:
+        metadata["annotations"] = annotations
+    spec: dict[str, Any] = {}
+    if provider_id is not None:
+        spec["providerID"] = provider_id
+    if taints is not None:
+        spec["taints"] = taints
+    body: dict[str, Any] = {"metadata": metadata}
+    if spec:
+        body["spec"] = spec
+    return await kube.request("PATCH", f"{NODES}/{name}", body=body, content_type=MERGE_PATCH)
+
+
+async def delete_node(kube: KubeTransport, name: str, *, uid: str, resource_version: str) -> JSON:
+    body = {"kind": "DeleteOptions", "apiVersion": "v1",
+            "preconditions": {"uid": uid, "resourceVersion": resource_version}}
+    return await kube.request("DELETE", f"{NODES}/{name}", body=body)

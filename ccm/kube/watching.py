@@ -1,0 +1,138 @@
+"""List+watch of Nodes into a local store, with bookmarks, 410 Gone → relist, and reconnect with backoff.
+
+The store is the controllers' view of the cluster; handlers are called for every change so the node
+controller can queue work. No polling loop: after the initial list only watch events arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from ccm.kube.errors import Gone, KubeError
+from ccm.kube.fetching import NODES, list_nodes
+from ccm.kube.transport import JSON, KubeTransport
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[str, JSON | None, JSON | None], Awaitable[None] | None]
+"""Called as handler(name, old, new): old None → added, new None → deleted."""
+
+
+class NodeWatcher:
+    """Keeps ``store`` (name → Node dict) in sync with the API server."""
+
+    def __init__(self, kube: KubeTransport, *, watch_timeout: float = 300.0, max_backoff: float = 30.0,
+                 on_restart: Callable[[str], None] | None = None) -> None:
+        self._kube = kube
+        self._watch_timeout = watch_timeout
+        self._max_backoff = max_backoff
+        self._handlers: list[Handler] = []
+        self._on_restart = on_restart
+        self.store: dict[str, JSON] = {}
+        self.synced = asyncio.Event()
+        #: monotonic time of the last event or successful (re)list: /healthz reads it.
+        self.last_activity = time.monotonic()
+        self.restarts = 0
+        self.relists = 0
+
+    def add_handler(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    async def _emit(self, name: str, old: JSON | None, new: JSON | None) -> None:
+        for handler in self._handlers:
+            try:
+                result = handler(name, old, new)
+                if result is not None:
+                    await result
+            except Exception:  # one bad handler call must not stop the watch
+                log.exception("node_handler_failed", node=name)
+
+    async def _relist(self) -> str:
+        items, resource_version = await list_nodes(self._kube)
+        self.relists += 1
+        fresh = {str((i.get("metadata") or {}).get("name")): i for i in items}
+        old_store = self.store
+        self.store = fresh
+        for name, node in fresh.items():
+            await self._emit(name, old_store.get(name), node)
+        for name in set(old_store) - set(fresh):
+            await self._emit(name, old_store[name], None)
+        self.last_activity = time.monotonic()
+        self.synced.set()
+        log.info("nodes_listed", count=len(fresh), resource_version=resource_version)
+        return resource_version
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        backoff = 0.5
+        resource_version: str | None = None
+        while True:
+            try:
+                if resource_version is None:
+                    resource_version = await self._relist()
+                resource_version = await self._watch(resource_version)
+                backoff = 0.5
+            except Gone:
+                log.info("node_watch_expired", reason="410 Gone: relisting")
+                resource_version = None
+                self._restarted("gone")
+            except asyncio.CancelledError:
+                raise
+            except KubeError as exc:
+                self._restarted("error")
+                log.warning("node_watch_failed", retry_in=round(backoff, 2), **exc.log_fields())
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self._max_backoff)
+            except Exception:
+                self._restarted("error")
+                log.exception("node_watch_crashed", retry_in=round(backoff, 2))
+                resource_version = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+
+    def _restarted(self, reason: str) -> None:
+        self.restarts += 1
+        if self._on_restart is not None:
+            self._on_restart(reason)
+
+    async def _watch(self, resource_version: str) -> str:
+        query: dict[str, Any] = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": int(self._watch_timeout),
+        }
+        async for event in self._kube.stream(NODES, query=query, timeout=self._watch_timeout + 30):
+            self.last_activity = time.monotonic()
+            etype = event.get("type")
+            obj = event.get("object")
+            if not isinstance(obj, dict):
+                continue
+            if etype == "ERROR":
+                code = obj.get("code")
+                if code == 410:
+                    raise Gone(str(obj.get("message", "too old resource version")), status=410, method="WATCH",
+                               path=NODES)
+                raise KubeError(str(obj.get("message", "watch error")), status=code if isinstance(code, int)
+                                else None, method="WATCH", path=NODES)
+            meta = obj.get("metadata") or {}
+            new_rv = meta.get("resourceVersion")
+            if isinstance(new_rv, str) and new_rv:
+                resource_version = new_rv
+            if etype == "BOOKMARK":
+                continue
+            name = str(meta.get("name", ""))
+            if etype in ("ADDED", "MODIFIED"):
+                old = self.store.get(name)
+                self.store[name] = obj
+                await self._emit(name, old, obj)
+            elif etype == "DELETED":
+                old = self.store.pop(name, None)
+                await self._emit(name, old, None)
+        return resource_version

@@ -1,0 +1,115 @@
+"""The node controller: watch events → de-duplicating queue → N workers → reconcile.
+
+Initialized nodes are re-queued every ``resync_period`` (addresses from the shared snapshot); failures are
+retried with per-node exponential backoff. A MODIFIED event only queues a node when something the
+controller decides on changed (kubelet heartbeats don't).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from ccm.kube.transport import JSON
+from ccm.kube.watching import NodeWatcher
+from ccm.metrics import Metrics
+from ccm.nodes.reconcile import NodeReconciler, Result
+from ccm.nodes.view import PROVIDED_NODE_IP
+from ccm.workqueue import ShutDown, WorkQueue
+
+log = structlog.get_logger(__name__)
+
+
+def fingerprint(node: JSON | None) -> tuple[Any, ...]:
+    """What the controllers decide on; a change to anything else (heartbeats, images) is ignored."""
+    if node is None:
+        return ()
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    status = node.get("status") or {}
+    ready = next((c.get("status") for c in status.get("conditions") or [] if isinstance(c, dict)
+                  and c.get("type") == "Ready"), None)
+    taints = tuple(sorted((str(t.get("key")), str(t.get("effect"))) for t in spec.get("taints") or []
+                          if isinstance(t, dict)))
+    addresses = tuple((str(a.get("type")), str(a.get("address"))) for a in status.get("addresses") or []
+                      if isinstance(a, dict))
+    labels = meta.get("labels") or {}
+    return (
+        meta.get("uid"), spec.get("providerID"), taints, addresses, ready,
+        (meta.get("annotations") or {}).get(PROVIDED_NODE_IP),
+        tuple(sorted(labels.items())) if isinstance(labels, dict) else (),
+        (status.get("nodeInfo") or {}).get("systemUUID"),
+    )
+
+
+class NodeController:
+    def __init__(self, watcher: NodeWatcher, reconciler: NodeReconciler, *, workers: int, resync_period: float,
+                 metrics: Metrics, queue: WorkQueue | None = None) -> None:
+        self._watcher = watcher
+        self._reconciler = reconciler
+        self._workers = workers
+        self._resync = resync_period
+        self._metrics = metrics
+        self.queue = queue or WorkQueue(base_delay=1.0, max_delay=300.0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        watcher.add_handler(self._on_event)
+
+    def _on_event(self, name: str, old: JSON | None, new: JSON | None) -> None:
+        if new is None:
+            self.queue.remove(name)
+            return
+        if old is None or fingerprint(old) != fingerprint(new):
+            self.queue.add(name)
+        self._metrics.queue_depth.set(len(self.queue))
+
+    async def run(self) -> None:
+        """Run the workers until cancelled or the queue shuts down."""
+        self._tasks = [asyncio.create_task(self._worker(i), name=f"node-worker-{i}") for i in range(self._workers)]
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop taking work; let in-flight reconciles finish within ``timeout``, then cancel them."""
+        await self.queue.shutdown()
+        if not self._tasks:
+            return
+        done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        log.info("node_controller_stopped", finished=len(done), cancelled=len(pending))
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            try:
+                name = await self.queue.get()
+            except ShutDown:
+                return
+            self._in_flight += 1
+            try:
+                outcome = await self._reconciler.reconcile(name)
+                if outcome.result is Result.GONE:
+                    self.queue.remove(name)
+                elif outcome.retry:
+                    self.queue.add_rate_limited(name)
+                else:
+                    self.queue.forget(name)
+                    self.queue.add_after(name, self._resync)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad node must never stop a worker
+                log.exception("reconcile_crashed", node=name, worker=index)
+                self.queue.add_rate_limited(name)
+            finally:
+                self._in_flight -= 1
+                self.queue.done(name)
+                self._metrics.queue_depth.set(len(self.queue))

@@ -1,0 +1,88 @@
+"""Decide what a Node should look like, from its server. Pure functions: no I/O, no clock.
+
+:func:`plan_initialization` for nodes still carrying the uninitialized taint; :func:`plan_resync` for
+initialized ones (addresses only, upstream sets type/region/zone once); :func:`plan_shutdown_taint` for
+the lifecycle controller. :mod:`ccm.nodes.apply` is the one place that writes a plan to the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ccm.nodes.addresses import AddressError, decide_addresses, same_addresses
+from ccm.nodes.labels import desired_labels, labels_to_add
+from ccm.nodes.view import SHUTDOWN_TAINT, UNINITIALIZED_TAINT, Address, NodeView
+from ccm.providerid import format_provider_id
+from cloudsigma.addresses import server_addresses
+from cloudsigma.models import Server
+
+SHUTDOWN_STATUSES = frozenset({"stopped", "paused"})
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """The difference between a Node and what it should be. Empty plan → nothing to write."""
+
+    addresses: tuple[Address, ...] | None = None  # full replacement, or None = unchanged
+    provider_id: str | None = None  # set only when the node has none
+    labels: dict[str, str] = field(default_factory=dict)  # keys to add
+    taints: tuple[dict[str, Any], ...] | None = None  # full new taint list, or None = unchanged
+    #: Why the node must stay as it is (a problem the operator must fix), if any.
+    blocked: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def writes_spec(self) -> bool:
+        return self.provider_id is not None or bool(self.labels) or self.taints is not None
+
+    @property
+    def empty(self) -> bool:
+        return self.addresses is None and not self.writes_spec
+
+
+def _without(taints: tuple[dict[str, Any], ...], key: str) -> tuple[dict[str, Any], ...]:
+    return tuple(t for t in taints if t.get("key") != key)
+
+
+def plan_initialization(node: NodeView, server: Server, *, region: str, zone: str, ipv6: bool = True) -> NodePlan:
+    """Everything an uninitialized node needs; addresses are written before the taint goes."""
+    try:
+        decision = decide_addresses(node.name, server_addresses(server), node.addresses,
+                                    provided_node_ip=node.provided_node_ip, ipv6=ipv6)
+    except AddressError as exc:
+        return NodePlan(blocked=str(exc))
+    notes: list[str] = []
+    if decision.kept_from_kubelet:
+        notes.append("kept kubelet InternalIPs for private NICs: " + ", ".join(decision.kept_from_kubelet))
+    provider_id = None if node.provider_id else format_provider_id(server.uuid)
+    addresses = None if same_addresses(decision.addresses, node.addresses) else decision.addresses
+    labels = labels_to_add(node.labels, desired_labels(server, region=region, zone=zone))
+    taints = _without(node.taints, UNINITIALIZED_TAINT) if node.uninitialized else None
+    return NodePlan(addresses=addresses, provider_id=provider_id, labels=labels, taints=taints, notes=tuple(notes))
+
+
+def plan_resync(node: NodeView, server: Server, *, ipv6: bool = True) -> NodePlan:
+    """Addresses of an initialized node (DHCP addresses change on reboot). Errors only reported."""
+    try:
+        decision = decide_addresses(node.name, server_addresses(server), node.addresses,
+                                    provided_node_ip=node.provided_node_ip, ipv6=ipv6)
+    except AddressError as exc:
+        return NodePlan(blocked=str(exc))
+    if server.status in SHUTDOWN_STATUSES and not server_addresses(server).all:
+        # A stopped server's DHCP address is not in the API; keep what the node has rather than strip it.
+        return NodePlan(notes=("server stopped: addresses left as they are",))
+    if same_addresses(decision.addresses, node.addresses):
+        return NodePlan()
+    return NodePlan(addresses=decision.addresses)
+
+
+def plan_shutdown_taint(node: NodeView, server_status: str | None) -> NodePlan:
+    """Add the shutdown taint to a NotReady node whose server is stopped/paused; drop it otherwise."""
+    shut_down = node.not_ready and server_status in SHUTDOWN_STATUSES
+    if shut_down and not node.shutdown_tainted:
+        taint = {"key": SHUTDOWN_TAINT, "effect": "NoSchedule"}
+        return NodePlan(taints=(*node.taints, taint))
+    if node.shutdown_tainted and (node.ready == "True" or server_status == "running"):
+        return NodePlan(taints=_without(node.taints, SHUTDOWN_TAINT))
+    return NodePlan()

@@ -1,0 +1,186 @@
+"""Node lifecycle: shutdown taint for stopped servers, and deletion of Nodes whose server is provably gone.
+
+Only NotReady/Unknown nodes (and nodes still carrying the shutdown taint) are looked at, every
+``monitor_period``, from the shared snapshot — a healthy cluster costs no extra CloudSigma calls.
+
+A Node is deleted only on authoritative, fresh proof, after it has been NotReady for ``grace_period``:
+- with a providerID: a 404 ``notexist`` on a direct GET of that uuid, answered to the primary credential;
+- without one: absence from two fresh, complete, successfully paginated listings by the primary credential.
+Never on 403, 401, 429, 5xx, timeouts, a partial list, a credential fallback, or a cache answer.
+The delete carries uid and resourceVersion preconditions; every deletion is an event and a log line
+with the evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from ccm.kube import patching
+from ccm.kube.errors import KubeError
+from ccm.kube.events import EventRecorder
+from ccm.kube.transport import JSON, KubeTransport
+from ccm.metrics import Metrics
+from ccm.nodes.apply import NodeApplier
+from ccm.nodes.decide import plan_shutdown_taint
+from ccm.nodes.matching import MatchKind, match_server
+from ccm.nodes.view import NodeView, node_view
+from ccm.providerid import ForeignProviderID, parse_provider_id
+from ccm.servercache import ServerCache
+from cloudsigma.client import CloudSigmaClient
+from cloudsigma.errors import CloudSigmaError, ServerNotFound
+from credentials.base import CredentialError
+
+log = structlog.get_logger(__name__)
+
+
+class LifecycleController:
+    def __init__(
+        self,
+        *,
+        nodes: Callable[[], list[JSON]],
+        kube: KubeTransport,
+        cache: ServerCache,
+        client: CloudSigmaClient,
+        applier: NodeApplier,
+        events: EventRecorder,
+        metrics: Metrics,
+        primary_provider: str,
+        monitor_period: float,
+        grace_period: float,
+        deletion_enabled: bool,
+        use_system_uuid: bool = True,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._nodes = nodes
+        self._kube = kube
+        self._cache = cache
+        self._client = client
+        self._applier = applier
+        self._events = events
+        self._metrics = metrics
+        self._primary = primary_provider
+        self._period = monitor_period
+        self._grace = grace_period
+        self._deletion = deletion_enabled
+        self._use_system_uuid = use_system_uuid
+        self._clock = clock
+        self.deleted: list[str] = []
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._period)
+            try:
+                await self.check_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lifecycle_check_crashed")
+
+    async def check_once(self) -> None:
+        candidates = [n for n in self._nodes() if self._interesting(node_view(n))]
+        if not candidates:
+            return
+        started = time.monotonic()
+        for node in candidates:
+            try:
+                await self._check(node)
+            except (CloudSigmaError, CredentialError) as exc:
+                log.warning("lifecycle_cloud_unavailable", node=node_view(node).name, **exc.log_fields())
+            except KubeError as exc:
+                log.warning("lifecycle_kube_error", node=node_view(node).name, **exc.log_fields())
+        self._metrics.reconcile_duration.labels("lifecycle").observe(time.monotonic() - started)
+
+    @staticmethod
+    def _interesting(view: NodeView) -> bool:
+        return view.not_ready or view.shutdown_tainted
+
+    async def _check(self, node: JSON) -> None:
+        view = node_view(node)
+        if not view.not_ready:
+            # Ready again: the shutdown taint goes without asking the cloud.
+            await self._apply_taint(node, view, None)
+            return
+        snapshot = await self._cache.get()
+        match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
+        if match.kind is MatchKind.FOUND and match.server is not None:
+            await self._apply_taint(node, view, match.server.status)
+            return
+        if match.kind in (MatchKind.AMBIGUOUS, MatchKind.FOREIGN_PROVIDER_ID):
+            return
+        if not self._deletion or not self._past_grace(view):
+            return
+        evidence = await self._proof_of_absence(view)
+        if evidence is not None:
+            await self._delete(node, view, evidence)
+
+    async def _apply_taint(self, node: JSON, view: NodeView, status: str | None) -> None:
+        plan = plan_shutdown_taint(view, status)
+        if plan.empty:
+            return
+
+        def replan(fresh: NodeView) -> Any:
+            return plan_shutdown_taint(fresh, status)
+
+        result = await self._applier.apply(node, plan, replan)
+        added = any(t.get("key") == "node.cloudprovider.kubernetes.io/shutdown" for t in plan.taints or ())
+        log.info("node_shutdown_taint", node=view.name, action="added" if added else "removed",
+                 server_status=status, writes=result.writes)
+        self._metrics.reconciles.labels("lifecycle", "shutdown_taint").inc()
+
+    def _past_grace(self, view: NodeView) -> bool:
+        since = view.ready_since or view.created
+        if since is None:
+            return False
+        return (self._clock() - since).total_seconds() >= self._grace
+
+    async def _proof_of_absence(self, view: NodeView) -> dict[str, Any] | None:
+        """Authoritative evidence that the server is gone, or None (then nothing is deleted)."""
+        if view.provider_id:
+            try:
+                uuid = parse_provider_id(view.provider_id)
+            except ForeignProviderID:
+                return None
+            try:
+                await self._client.get_server(uuid)
+            except ServerNotFound as exc:
+                if exc.context.provider != self._primary:
+                    log.warning("deletion_skipped", node=view.name, reason="404 came through a fallback credential",
+                                **exc.log_fields())
+                    return None
+                return {"proof": "404 notexist on direct GET", "server_uuid": uuid, **exc.log_fields(),
+                        "checked_at": self._clock().isoformat()}
+            # Any other answer — including 403 — is not proof (the exception propagates to the caller's log).
+            return None
+        request_ids: list[str] = []
+        for _ in range(2):
+            snapshot = await self._cache.refresh()
+            if not snapshot.complete or snapshot.provider != self._primary:
+                log.warning("deletion_skipped", node=view.name, reason="listing incomplete or not by the primary "
+                            "credential", complete=snapshot.complete, credential_provider=snapshot.provider)
+                return None
+            match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
+            if match.kind is not MatchKind.NO_MATCH:
+                return None
+            request_ids.extend(snapshot.request_ids)
+        return {"proof": "absent from two fresh complete listings", "request_ids": request_ids,
+                "checked_at": self._clock().isoformat(), "credential_provider": self._primary}
+
+    async def _delete(self, node: JSON, view: NodeView, evidence: dict[str, Any]) -> None:
+        message = (f"deleting node: its server is gone ({evidence['proof']}; request id "
+                   f"{evidence.get('request_id') or ','.join(evidence.get('request_ids', []))}); NotReady since "
+                   f"{view.ready_since.isoformat() if view.ready_since else 'unknown'}")
+        await self._events.node_event(node, "Normal", "DeletingNode", message)
+        try:
+            await patching.delete_node(self._kube, view.name, uid=view.uid, resource_version=view.resource_version)
+        except KubeError as exc:
+            log.warning("node_delete_failed", node=view.name, **exc.log_fields())
+            return
+        self.deleted.append(view.name)
+        self._metrics.node_deletions.inc()
+        log.warning("node_deleted", node=view.name, **evidence)

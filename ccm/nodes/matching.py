@@ -1,0 +1,67 @@
+"""Which server is this node's? Pure functions over a snapshot.
+
+Order: ``spec.providerID`` when set (authoritative, immutable); otherwise the exact server name, with
+``status.nodeInfo.systemUUID`` (the VM's SMBIOS uuid is the server uuid) to break a tie or match directly.
+Two servers with the node's name and nothing to decide between them is never guessed (seed 001).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from ccm.nodes.view import NodeView
+from ccm.providerid import ForeignProviderID, parse_provider_id
+from cloudsigma.models import Server
+
+
+class MatchKind(Enum):
+    FOUND = "found"
+    AMBIGUOUS = "ambiguous"  # several servers carry the node's name
+    NOT_IN_SNAPSHOT = "not_in_snapshot"  # providerID uuid not among the user's servers
+    NO_MATCH = "no_match"  # no providerID, no server with the name
+    FOREIGN_PROVIDER_ID = "foreign_provider_id"
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: MatchKind
+    server: Server | None = None
+    via: str = ""
+    provider_uuid: str | None = None
+    #: Servers carrying the node's name (the candidates, or the diagnosis of a stale providerID).
+    name_matches: tuple[Server, ...] = ()
+    detail: str = ""
+
+
+def match_server(
+    node: NodeView,
+    by_uuid: Mapping[str, Server],
+    by_name: Mapping[str, tuple[Server, ...]],
+    *,
+    use_system_uuid: bool = True,
+) -> Match:
+    named = by_name.get(node.name, ())
+    if node.provider_id:
+        try:
+            uuid = parse_provider_id(node.provider_id)
+        except ForeignProviderID as exc:
+            return Match(MatchKind.FOREIGN_PROVIDER_ID, detail=str(exc), name_matches=named)
+        server = by_uuid.get(uuid)
+        if server is not None:
+            return Match(MatchKind.FOUND, server=server, via="providerID", provider_uuid=uuid)
+        return Match(MatchKind.NOT_IN_SNAPSHOT, provider_uuid=uuid, name_matches=named)
+
+    system_uuid = node.system_uuid.strip().lower() if use_system_uuid else ""
+    if system_uuid and system_uuid in by_uuid:
+        return Match(MatchKind.FOUND, server=by_uuid[system_uuid], via="systemUUID", name_matches=named)
+    if len(named) == 1:
+        return Match(MatchKind.FOUND, server=named[0], via="name", name_matches=named)
+    if len(named) > 1:
+        return Match(MatchKind.AMBIGUOUS, name_matches=named, detail=describe_candidates(named))
+    return Match(MatchKind.NO_MATCH)
+
+
+def describe_candidates(servers: tuple[Server, ...]) -> str:
+    return ", ".join(f"{s.uuid} (owner {s.owner_uuid or 'unknown'}, {s.status})" for s in servers)

@@ -1,0 +1,110 @@
+"""One shared, paginated snapshot of the user's servers.
+
+Reconciling 1,000 nodes must not mean 1,000 API calls: every lookup is answered from one complete listing
+(``GET /servers/detail/``, all pages) no older than ``max_age``. A miss triggers one refresh before anyone is
+told "not found"; concurrent refreshes are coalesced into one request (single-flight).
+
+A snapshot answer is never proof that a server is gone: deletion needs a direct GET (see lifecycle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from cloudsigma.client import CloudSigmaClient, ServerList
+from cloudsigma.models import Server
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """Servers of the user at one moment, indexed for lookups."""
+
+    servers: tuple[Server, ...]
+    fetched_at: float  # monotonic
+    complete: bool
+    request_ids: tuple[str, ...] = ()
+    provider: str | None = None
+    by_uuid: dict[str, Server] = field(default_factory=dict)
+    by_name: dict[str, tuple[Server, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_list(cls, listing: ServerList, fetched_at: float) -> ServerSnapshot:
+        by_uuid: dict[str, Server] = {}
+        by_name: dict[str, list[Server]] = {}
+        for server in listing.servers:
+            by_uuid[server.uuid.lower()] = server
+            by_name.setdefault(server.name, []).append(server)
+        return cls(
+            servers=listing.servers, fetched_at=fetched_at, complete=listing.complete,
+            request_ids=listing.request_ids, provider=listing.provider, by_uuid=by_uuid,
+            by_name={k: tuple(v) for k, v in by_name.items()},
+        )
+
+    def age(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.fetched_at
+
+
+class ServerCache:
+    """Single-flight, max-age cache of :class:`ServerSnapshot`."""
+
+    def __init__(self, client: CloudSigmaClient, *, max_age: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self.max_age = max_age
+        self._clock = clock
+        self._snapshot: ServerSnapshot | None = None
+        self._inflight: asyncio.Future[ServerSnapshot] | None = None
+        self.refreshes = 0
+
+    @property
+    def current(self) -> ServerSnapshot | None:
+        return self._snapshot
+
+    async def get(self, *, max_age: float | None = None) -> ServerSnapshot:
+        """A snapshot no older than ``max_age`` (default: the cache's), refreshing if needed."""
+        limit = self.max_age if max_age is None else max_age
+        snap = self._snapshot
+        if snap is not None and self._clock() - snap.fetched_at <= limit:
+            return snap
+        return await self.refresh(newer_than=snap.fetched_at if snap else None)
+
+    async def refresh(self, *, newer_than: float | None = None) -> ServerSnapshot:
+        """Fetch a new snapshot; callers arriving while one is in flight share it.
+
+        ``newer_than``: a snapshot fetched after this moment satisfies the caller (so a burst of misses
+        that all saw the same stale snapshot causes one refresh, not one each).
+        """
+        snap = self._snapshot
+        if newer_than is not None and snap is not None and snap.fetched_at > newer_than:
+            return snap
+        if self._inflight is not None:
+            return await asyncio.shield(self._inflight)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ServerSnapshot] = loop.create_future()
+        self._inflight = future
+        try:
+            started = self._clock()
+            listing = await self._client.list_servers(detail=True)
+            snapshot = ServerSnapshot.from_list(listing, fetched_at=started)
+            self._snapshot = snapshot
+            self.refreshes += 1
+            log.debug("server_snapshot_refreshed", servers=len(snapshot.servers), complete=snapshot.complete,
+                      request_ids=list(snapshot.request_ids), credential_provider=snapshot.provider)
+            future.set_result(snapshot)
+            return snapshot
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it; no "never retrieved" noise
+            raise
+        finally:
+            self._inflight = None

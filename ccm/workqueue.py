@@ -1,0 +1,143 @@
+"""A de-duplicating work queue keyed by node name, with per-item exponential backoff (client-go semantics).
+
+- A key is queued at most once; a key re-added while a worker processes it runs again after ``done``.
+- ``add_rate_limited`` delays by ``base * 2**failures`` (capped) with jitter; ``forget`` resets the count.
+- ``add_after`` schedules (periodic resync); an earlier schedule wins over a later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class ShutDown(Exception):
+    """The queue was shut down: workers stop."""
+
+
+class WorkQueue:
+    def __init__(self, *, base_delay: float = 0.05, max_delay: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._processing: set[str] = set()
+        self._dirty: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._delayed: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}
+        self._seq = 0
+        self._base = base_delay
+        self._max = max_delay
+        self._clock = clock
+        self._cond = asyncio.Condition()
+        self._shutdown = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def delayed(self) -> int:
+        return len(self._due)
+
+    def failures(self, key: str) -> int:
+        return self._failures.get(key, 0)
+
+    def _wake(self) -> None:
+        async def notify() -> None:
+            async with self._cond:
+                self._cond.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+
+    def add(self, key: str) -> None:
+        if self._shutdown:
+            return
+        self._due.pop(key, None)
+        if key in self._processing:
+            self._dirty.add(key)
+            return
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        self._queue.append(key)
+        self._wake()
+
+    def add_after(self, key: str, delay: float) -> None:
+        if self._shutdown:
+            return
+        if delay <= 0:
+            self.add(key)
+            return
+        due = self._clock() + delay
+        current = self._due.get(key)
+        if current is not None and current <= due:
+            return
+        self._due[key] = due
+        self._seq += 1
+        heapq.heappush(self._delayed, (due, self._seq, key))
+        self._arm()
+
+    def add_rate_limited(self, key: str) -> float:
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = min(self._base * float(2 ** min(failures, 62)), self._max)
+        delay *= 0.8 + 0.4 * random.random()
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def remove(self, key: str) -> None:
+        """Drop a key entirely (the node was deleted)."""
+        self._failures.pop(key, None)
+        self._due.pop(key, None)
+        self._dirty.discard(key)
+
+    def _arm(self) -> None:
+        if not self._delayed:
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        wait = max(0.0, self._delayed[0][0] - self._clock())
+        self._timer = loop.call_later(wait, self._promote)
+
+    def _promote(self) -> None:
+        self._timer = None
+        now = self._clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            due, _, key = heapq.heappop(self._delayed)
+            if self._due.get(key) == due:
+                del self._due[key]
+                self.add(key)
+        self._arm()
+
+    async def get(self) -> str:
+        async with self._cond:
+            while not self._queue:
+                if self._shutdown:
+                    raise ShutDown
+                await self._cond.wait()
+            key = self._queue.popleft()
+            self._queued.discard(key)
+            self._processing.add(key)
+            return key
+
+    def done(self, key: str) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    async def shutdown(self) -> None:
+        self._shutdown = True
+        if self._timer is not None:
+            self._timer.cancel()
+        async with self._cond:
+            self._cond.notify_all()

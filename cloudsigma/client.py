@@ -1,0 +1,419 @@
+"""Async client for CloudSigma API 2.0: the few calls the CCM needs, done carefully.
+
+- One aiohttp session, reused; a timeout on every call; a ``User-Agent`` naming the project.
+- The endpoint comes from the credential (password → ``{region}.cloudsigma.com``, impersonated token →
+  ``direct.{region}.cloudsigma.com``), so a fallback never sends a token to the wrong host.
+- Lists are paginated properly (``limit=0`` or page until ``total_count``), never the API's default of 20.
+- Transient failures (connection errors, timeouts, 429 honouring ``Retry-After``, 5xx, ``concurrency``) are
+  retried with bounded exponential backoff and jitter; 400/401/403/404 never are (a 401 once re-acquires
+  the credential, since tokens expire).
+- Every call is observable: a debug log line and an ``on_request`` hook for metrics; failures log the
+  ``X-REQUEST-ID``. Credentials never appear in logs or errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from cloudsigma.errors import (
+    BadRequest,
+    CallContext,
+    CloudSigmaError,
+    InvalidResponse,
+    NotFound,
+    PaymentRequired,
+    PermissionDenied,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    ServerNotFound,
+    TransportError,
+    Unauthorized,
+    parse_error_body,
+)
+from cloudsigma.models import InvalidObject, Server, parse_server
+from credentials.base import Credential
+
+__all__ = ["CloudSigmaClient", "CredentialSource", "RequestRecord", "RetryPolicy", "ServerList"]
+
+USER_AGENT = "cloudsigma-ccm/0.1 (+kubernetes cloud controller manager)"
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_IP_SEGMENT_RE = re.compile(r"/ips/[^/]+/")
+_RETRYABLE_ERROR_TYPES = {"concurrency", "backend", "database"}
+
+log = structlog.get_logger(__name__)
+
+
+class CredentialSource(Protocol):
+    """What the client needs from the credential chain."""
+
+    async def get(self, user_email: str, region: str) -> Credential: ...
+
+    def invalidate(self, credential: Credential) -> None: ...
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One HTTP exchange with CloudSigma, for metrics hooks."""
+
+    method: str
+    endpoint: str  # path with uuids replaced by {uuid}: bounded cardinality
+    status: int | None  # None when no HTTP answer came
+    duration: float
+    request_id: str | None
+    provider: str | None
+    outcome: str  # "ok" or an error class name
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries for transient failures."""
+
+    attempts: int = 4
+    initial_backoff: float = 0.5
+    max_backoff: float = 10.0
+    #: Longest ``Retry-After`` we honour inside one call; longer waits are left to the caller's queue.
+    max_retry_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServerList:
+    """A complete server listing. ``complete`` is False when some objects could not be parsed."""
+
+    servers: tuple[Server, ...]
+    total_count: int
+    request_ids: tuple[str, ...]
+    fetched_at: float
+    invalid: tuple[str, ...] = ()
+    provider: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.invalid and len(self.servers) == self.total_count
+
+
+def endpoint_of(path: str) -> str:
+    """Normalise a path for metrics: ``servers/<uuid>/`` → ``/servers/{uuid}/``."""
+    norm = "/" + path.lstrip("/")
+    norm = _UUID_RE.sub("{uuid}", norm)
+    return _IP_SEGMENT_RE.sub("/ips/{ip}/", norm)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: rare for APIs; fall back to our own backoff
+
+
+@dataclass
+class _Attempt:
+    credential: Credential | None = None
+    reauthenticated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CloudSigmaClient:
+    """Client for one CloudSigma user in one region (one CCM serves one tenant)."""
+
+    def __init__(
+        self,
+        credentials: CredentialSource,
+        *,
+        user_email: str,
+        region: str,
+        timeout: float = 15.0,
+        retry: RetryPolicy | None = None,
+        page_size: int = 0,
+        session: aiohttp.ClientSession | None = None,
+        on_request: Callable[[RequestRecord], None] | None = None,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        if page_size < 0:
+            raise ValueError("page_size must be >= 0 (0 asks for every object in one response)")
+        self._credentials = credentials
+        self.user_email = user_email
+        self.region = region
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retry = retry or RetryPolicy()
+        self._page_size = page_size
+        self._session = session
+        self._own_session = session is None
+        self._on_request = on_request
+        self._user_agent = user_agent
+
+    async def __aenter__(self) -> CloudSigmaClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+                raise_for_status=False,
+            )
+            self._own_session = True
+        return self._session
+
+    # ---- public calls -------------------------------------------------------------------------
+
+    async def get_server(self, uuid: str) -> Server:
+        """GET ``/servers/{uuid}/``. 404 → :class:`ServerNotFound`, 403 → :class:`PermissionDenied`."""
+        payload, ctx = await self._call("GET", f"servers/{uuid}/", resource=uuid)
+        try:
+            return parse_server(payload)
+        except InvalidObject as exc:
+            raise InvalidResponse(str(exc), status=200, context=ctx, resource=uuid) from None
+
+    async def list_servers(self, *, name: str | None = None, detail: bool = True) -> ServerList:
+        """Every server of the user (full objects with ``detail``), following pagination to the end.
+
+        Raises on any failed page: a partial listing is never returned as if it were complete.
+        """
+        params: dict[str, str] = {}
+        if name is not None:
+            params["name"] = name
+        path = "servers/detail/" if detail else "servers/"
+        objects, total, request_ids, provider = await self._list_all(path, params)
+        servers: list[Server] = []
+        invalid: list[str] = []
+        for index, raw in enumerate(objects):
+            try:
+                servers.append(parse_server(raw))
+            except InvalidObject as exc:
+                invalid.append(f"#{index} {exc.uuid or '?'}: {exc}")
+        if invalid:
+            log.warning("cloudsigma_invalid_objects", path="/" + path, count=len(invalid), first=invalid[0])
+        return ServerList(
+            servers=tuple(servers),
+            total_count=total,
+            request_ids=tuple(request_ids),
+            fetched_at=time.time(),
+            invalid=tuple(invalid),
+            provider=provider,
+        )
+
+    async def list_ips(self) -> list[dict[str, Any]]:
+        """Every IP of the user (detail objects, raw)."""
+        objects, _, _, _ = await self._list_all("ips/detail/", {})
+        return [o for o in objects if isinstance(o, dict)]
+
+    # ---- pagination ---------------------------------------------------------------------------
+
+    async def _list_all(
+        self, path: str, params: Mapping[str, str]
+    ) -> tuple[list[Any], int, list[str], str | None]:
+        objects: list[Any] = []
+        request_ids: list[str] = []
+        offset = 0
+        total: int | None = None
+        provider: str | None = None
+        limit = self._page_size
+        while True:
+            query = dict(params, limit=str(limit), offset=str(offset))
+            payload, ctx = await self._call("GET", path, params=query)
+            if ctx.request_id:
+                request_ids.append(ctx.request_id)
+            provider = ctx.provider
+            page, page_total = self._envelope(payload, ctx)
+            if total is None:
+                total = page_total
+            elif page_total != total:
+                # The collection changed between pages: start over rather than return a torn listing.
+                raise InvalidResponse(
+                    f"total_count changed during pagination ({total} -> {page_total})", status=200, context=ctx
+                )
+            objects.extend(page)
+            if limit == 0 or not page or len(objects) >= total:
+                break
+            offset += len(page)
+        if total is not None and len(objects) < total and limit != 0:
+            raise InvalidResponse(
+                f"pagination ended early: {len(objects)} of {total} objects", status=200,
+                context=CallContext(method="GET", path="/" + path),
+            )
+        return objects, (total if total is not None else len(objects)), request_ids, provider
+
+    @staticmethod
+    def _envelope(payload: Any, ctx: CallContext) -> tuple[list[Any], int]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("objects"), list):
+            raise InvalidResponse("list response without an 'objects' array", status=200, context=ctx)
+        objects: list[Any] = payload["objects"]
+        meta = payload.get("meta")
+        total = meta.get("total_count") if isinstance(meta, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool):
+            total = len(objects)
+        return objects, total
+
+    # ---- one call, with retries ---------------------------------------------------------------
+
+    async def _call(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, resource: str | None = None
+    ) -> tuple[Any, CallContext]:
+        state = _Attempt()
+
+        def wait(retry_state: RetryCallState) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(exc, RateLimited) and exc.retry_after is not None:
+                return min(exc.retry_after, self._retry.max_retry_after)
+            if isinstance(exc, Unauthorized):
+                return 0.0
+            backoff = wait_random_exponential(multiplier=self._retry.initial_backoff, max=self._retry.max_backoff)
+            return float(backoff(retry_state))
+
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, Unauthorized):
+                # One fresh credential per call: tokens expire, a second 401 is real.
+                return not state.reauthenticated
+            if isinstance(exc, RateLimited) and exc.retry_after is not None:
+                return exc.retry_after <= self._retry.max_retry_after
+            return isinstance(exc, CloudSigmaError) and exc.transient
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return await self._send(method, path, params or {}, resource, state)
+                except Unauthorized:
+                    if state.credential is not None and not state.reauthenticated:
+                        self._credentials.invalidate(state.credential)
+                        state.reauthenticated = True
+                        state.extra["reauth"] = True
+                    raise
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _send(
+        self, method: str, path: str, params: Mapping[str, str], resource: str | None, state: _Attempt
+    ) -> tuple[Any, CallContext]:
+        credential = await self._credentials.get(self.user_email, self.region)
+        state.credential = credential
+        identity = credential.identity
+        url = credential.api_url(self.region) + path.lstrip("/")
+        endpoint = endpoint_of(path)
+        ctx = CallContext(
+            method=method, path=endpoint if resource is None else "/" + path.lstrip("/"),
+            user=identity.user, provider=identity.provider, token_subject=identity.subject,
+        )
+        started = time.monotonic()
+        status: int | None = None
+        request_id: str | None = None
+        try:
+            async with self._http().request(
+                method, url, params=params, timeout=self._timeout,
+                headers={"Authorization": credential.authorization_header()},
+            ) as resp:
+                status = resp.status
+                request_id = resp.headers.get("X-REQUEST-ID") or resp.headers.get("X-Request-Id")
+                ctx = CallContext(
+                    method=ctx.method, path=ctx.path, request_id=request_id, user=ctx.user,
+                    provider=ctx.provider, token_subject=ctx.token_subject,
+                )
+                body = await resp.read()
+                retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+        except TimeoutError:
+            self._record(method, endpoint, None, started, None, identity.provider, "RequestTimeout")
+            err: CloudSigmaError = RequestTimeout(
+                f"no answer within {self._timeout.total:g}s", context=ctx, resource=resource
+            )
+            self._log_failure(err, started)
+            raise err from None
+        except aiohttp.ClientError as exc:
+            self._record(method, endpoint, None, started, None, identity.provider, "TransportError")
+            err = TransportError(f"connection failed: {type(exc).__name__}", context=ctx, resource=resource)
+            self._log_failure(err, started)
+            raise err from None
+
+        if 200 <= status < 300:
+            try:
+                payload = json.loads(body) if body else None
+            except ValueError:
+                err = InvalidResponse("response body is not JSON", status=status, context=ctx, resource=resource)
+                self._record(method, endpoint, status, started, request_id, identity.provider, "InvalidResponse")
+                self._log_failure(err, started)
+                raise err from None
+            self._record(method, endpoint, status, started, request_id, identity.provider, "ok")
+            log.debug(
+                "cloudsigma_call", method=method, path=ctx.path, status=status,
+                duration_ms=round((time.monotonic() - started) * 1000, 1), request_id=request_id,
+                credential_provider=identity.provider,
+            )
+            return payload, ctx
+
+        err = self._error_for(status, body, ctx, resource, retry_after)
+        self._record(method, endpoint, status, started, request_id, identity.provider, type(err).__name__)
+        self._log_failure(err, started)
+        raise err
+
+    @staticmethod
+    def _error_for(
+        status: int, body: bytes, ctx: CallContext, resource: str | None, retry_after: float | None
+    ) -> CloudSigmaError:
+        try:
+            parsed = parse_error_body(json.loads(body)) if body else parse_error_body(None)
+        except ValueError:
+            parsed = parse_error_body(None)
+        kw: dict[str, Any] = {
+            "status": status, "error_type": parsed.error_type, "error_message": parsed.error_message,
+            "context": ctx, "resource": resource,
+        }
+        etype = (parsed.error_type or "").lower()
+        text = parsed.error_message or f"HTTP {status}"
+        if status == 404 or etype == "notexist":
+            cls = ServerNotFound if ctx.path.startswith("/servers/") and resource else NotFound
+            return cls(f"not found: {text}", **kw)
+        if status == 403 or etype == "permission":
+            return PermissionDenied(f"permission denied: {text}", **kw)
+        if status == 401:
+            return Unauthorized(f"unauthorized: {text}", **kw)
+        if status == 429:
+            return RateLimited(f"rate limited: {text}", retry_after=retry_after, **kw)
+        if status == 402 or etype in {"billing", "payment"}:
+            return PaymentRequired(f"payment required: {text}", **kw)
+        if status >= 500 or etype in _RETRYABLE_ERROR_TYPES:
+            return ServerError(f"server error: {text}", **kw)
+        return BadRequest(f"request rejected: {text}", **kw)
+
+    def _record(
+        self, method: str, endpoint: str, status: int | None, started: float, request_id: str | None,
+        provider: str | None, outcome: str,
+    ) -> None:
+        if self._on_request is None:
+            return
+        try:
+            self._on_request(RequestRecord(
+                method=method, endpoint=endpoint, status=status, duration=time.monotonic() - started,
+                request_id=request_id, provider=provider, outcome=outcome,
+            ))
+        except Exception:  # a metrics hook must never break a call
+            log.exception("cloudsigma_request_hook_failed")
+
+    @staticmethod
+    def _log_failure(err: CloudSigmaError, started: float) -> None:
+        log.warning(
+            "cloudsigma_call_failed", message=err.message,
+            duration_ms=round((time.monotonic() - started) * 1000, 1), **err.log_fields(),
+        )
+

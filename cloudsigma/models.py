@@ -1,0 +1,198 @@
+"""Typed models of the CloudSigma objects the CCM reads.
+
+Parsing is tolerant of missing/null fields and of unknown extra fields (the API grows), and strict about
+the types we rely on: a server without a string ``uuid`` is invalid, a NIC of an unexpected shape is kept
+with the parts we understand. Use :func:`parse_server` and :func:`parse_server_list`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Ref(_Model):
+    """A reference to another resource (``{uuid, resource_uri}``)."""
+
+    uuid: str
+    resource_uri: str | None = None
+
+
+def _ref_or_none(value: Any) -> Any:
+    # The API sometimes sends a bare uuid string instead of a reference object.
+    if isinstance(value, str):
+        return {"uuid": value}
+    if not isinstance(value, dict) or not isinstance(value.get("uuid"), str):
+        return None
+    return value
+
+
+def _lenient(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Optional sub-object of an unexpected shape → None (keep the rest of the server usable)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
+
+
+def _lenient_list(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """List of sub-objects: drop the items we cannot understand, keep the others."""
+    if not isinstance(value, list):
+        return []
+    kept = []
+    for item in value:
+        try:
+            kept.extend(handler([item]))
+        except ValidationError:
+            continue
+    return kept
+
+
+class IPConf(_Model):
+    """``ip_v4_conf`` / ``ip_v6_conf`` of a NIC: how the address is assigned."""
+
+    conf: str | None = None
+    ip: Ref | None = None
+
+    _ip = field_validator("ip", mode="before")(_ref_or_none)
+    _conf = field_validator("conf", mode="wrap")(_lenient)
+
+
+class NICRuntime(_Model):
+    """What the running guest's NIC has: ``interface_type`` public/private and the live IPs."""
+
+    interface_type: str | None = None
+    ip_v4: Ref | None = None
+    ip_v6: Ref | None = None
+
+    _v4 = field_validator("ip_v4", "ip_v6", mode="before")(_ref_or_none)
+    _type = field_validator("interface_type", mode="wrap")(_lenient)
+
+
+class NIC(_Model):
+    """A server NIC: public (``ip_v4_conf``/``ip_v6_conf``) or private (``vlan``), never both."""
+
+    mac: str | None = None
+    model: str | None = None
+    ip_v4_conf: IPConf | None = None
+    ip_v6_conf: IPConf | None = None
+    vlan: Ref | None = None
+    runtime: NICRuntime | None = None
+
+    _vlan = field_validator("vlan", mode="before")(_ref_or_none)
+
+    _objects = field_validator("ip_v4_conf", "ip_v6_conf", "runtime", mode="wrap")(_lenient)
+
+    @field_validator("mac", "model", mode="before")
+    @classmethod
+    def _str_or_none(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_private(self) -> bool:
+        return self.vlan is not None
+
+
+class RuntimeNIC(_Model):
+    """An entry of the server-level ``runtime.nics`` list."""
+
+    interface_type: str | None = None
+    mac: str | None = None
+    ip_v4: Ref | None = None
+    ip_v6: Ref | None = None
+
+    _ips = field_validator("ip_v4", "ip_v6", mode="before")(_ref_or_none)
+    _text = field_validator("interface_type", "mac", mode="wrap")(_lenient)
+
+
+class ServerRuntime(_Model):
+    """``runtime`` of a server; ``None`` on the server when it is stopped."""
+
+    nics: list[RuntimeNIC] = Field(default_factory=list)
+
+    _nics = field_validator("nics", mode="wrap")(_lenient_list)
+
+
+class Server(_Model):
+    """A CloudSigma server (the fields the CCM reads)."""
+
+    uuid: str
+    name: str = ""
+    status: str = "unavailable"
+    cpu: int | None = None
+    smp: int | None = None
+    mem: int | None = None
+    meta: dict[str, str] = Field(default_factory=dict)
+    tags: list[Ref] = Field(default_factory=list)
+    owner: Ref | None = None
+    nics: list[NIC] = Field(default_factory=list)
+    runtime: ServerRuntime | None = None
+    resource_uri: str | None = None
+
+    _owner = field_validator("owner", mode="before")(_ref_or_none)
+
+    _runtime = field_validator("runtime", mode="wrap")(_lenient)
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty uuid")
+        return value.strip()
+
+    @field_validator("name", "status", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("cpu", "smp", "mem", mode="before")
+    @classmethod
+    def _int_or_none(cls, value: Any) -> Any:
+        # bool is an int subclass in Python; a boolean here is wrong data, not a size.
+        if isinstance(value, bool) or not isinstance(value, int | float | str | None):
+            return None
+        if isinstance(value, str):
+            return int(value) if value.isdigit() else None
+        if isinstance(value, float):
+            return int(value) if value.is_integer() else None
+        return value
+
+    @field_validator("meta", mode="before")
+    @classmethod
+    def _meta(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): str(v) for k, v in value.items() if v is not None}
+
+    _lists = field_validator("tags", "nics", mode="wrap")(_lenient_list)
+
+    @property
+    def owner_uuid(self) -> str | None:
+        return self.owner.uuid if self.owner else None
+
+
+class InvalidObject(ValueError):
+    """An object of a list could not be parsed into a model."""
+
+    def __init__(self, message: str, *, index: int | None = None, uuid: str | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.uuid = uuid
+
+
+def parse_server(payload: Any) -> Server:
+    """Parse one server object; raise :class:`InvalidObject` with a one-line reason when it is unusable."""
+    if not isinstance(payload, dict):
+        raise InvalidObject(f"server object is a {type(payload).__name__}, not an object")
+    try:
+        return Server.model_validate(payload)
+    except ValidationError as exc:
+        uuid = payload.get("uuid") if isinstance(payload.get("uuid"), str) else None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidObject(f"invalid server object: {where}: {first.get('msg')}", uuid=uuid) from None

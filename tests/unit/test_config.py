@@ -1,0 +1,92 @@
+"""Configuration: env + flags, and one clear line with exit code 2 for each invalid combination."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ccm.cli import main, parse
+from ccm.config import ConfigError, load_settings, parse_duration
+
+BASE = {"CLOUDSIGMA_REGION": "zrh", "CLOUDSIGMA_USERNAME": "ops@example.com", "CLOUDSIGMA_PASSWORD": "pw-123456"}
+IMPERSONATION = {"CLOUDSIGMA_REGION": "zrh", "CLOUDSIGMA_IMPERSONATION_ENABLED": "true",
+                 "CLOUDSIGMA_OAUTH_URL": "http://127.0.0.1:1/realms/cloudsigma", "CLOUDSIGMA_CLIENT_ID": "ccm",
+                 "CLOUDSIGMA_CLIENT_SECRET": "s3cr3t-value", "CLOUDSIGMA_USER_EMAIL": "alice@example.com"}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    for key in list(__import__("os").environ):
+        if key.startswith("CLOUDSIGMA_") or key == "KUBECONFIG":
+            monkeypatch.delenv(key)
+
+    def set_env(values: dict[str, str]) -> None:
+        for k, v in values.items():
+            monkeypatch.setenv(k, v)
+
+    return set_env
+
+
+def test_seed_000_env_names(env) -> None:  # type: ignore[no-untyped-def]
+    env(IMPERSONATION | {"CLOUDSIGMA_USERNAME": "ops@example.com", "CLOUDSIGMA_PASSWORD": "pw-123456"})
+    s = load_settings()
+    assert s.impersonation_enabled and s.user_email == "alice@example.com"
+    assert s.credential_chain == ["keycloak-token-exchange", "password"]
+    assert s.client_secret is not None and "s3cr3t" not in repr(s)
+
+
+def test_flags_win_over_env(env) -> None:  # type: ignore[no-untyped-def]
+    env(BASE)
+    _, values = parse(["--region", "fra", "--concurrent-node-syncs", "8", "--node-status-update-frequency", "2m",
+                       "--leader-elect=false"])
+    s = load_settings(values)
+    assert (s.region, s.concurrent_node_syncs, s.node_status_update_frequency, s.leader_elect) == ("fra", 8, 120.0,
+                                                                                                   False)
+
+
+def test_secret_from_file(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "secret"
+    secret.write_text("from-file-secret\n")
+    env({k: v for k, v in IMPERSONATION.items() if k != "CLOUDSIGMA_CLIENT_SECRET"}
+        | {"CLOUDSIGMA_CLIENT_SECRET_FILE": str(secret)})
+    s = load_settings()
+    assert s.client_secret is not None and s.client_secret.get_secret_value() == "from-file-secret"
+
+
+@pytest.mark.parametrize(
+    ("values", "setting"),
+    [
+        ({"CLOUDSIGMA_REGION": "zrh", "CLOUDSIGMA_IMPERSONATION_ENABLED": "true"}, "--user-email"),
+        (IMPERSONATION | {"CLOUDSIGMA_CLIENT_SECRET": ""}, "--client-secret"),
+        (IMPERSONATION | {"CLOUDSIGMA_OAUTH_URL": "not a url"}, "--oauth-url"),
+        (IMPERSONATION | {"CLOUDSIGMA_IMPERSONATION_STRATEGY": "magic"}, "--impersonation-strategy"),
+        (BASE | {"CLOUDSIGMA_NODE_MONITOR_PERIOD": "-5s"}, "--node-monitor-period"),
+        (BASE | {"CLOUDSIGMA_KUBECONFIG": "/nonexistent/kubeconfig"}, "--kubeconfig"),
+        (BASE | {"CLOUDSIGMA_API_URL": "ftp://x"}, "--api-url"),
+        ({"CLOUDSIGMA_REGION": "zrh"}, "no credentials configured"),
+        ({"CLOUDSIGMA_USERNAME": "a@b.c", "CLOUDSIGMA_PASSWORD": "x"}, "--region"),
+        (BASE | {"CLOUDSIGMA_CONCURRENT_NODE_SYNCS": "0"}, "--concurrent-node-syncs"),
+    ],
+)
+def test_invalid_configuration_exit_2_one_line(env, capsys, values, setting) -> None:  # type: ignore[no-untyped-def]
+    env(values)
+    with pytest.raises(ConfigError):
+        load_settings()
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert setting in err
+    assert "s3cr3t" not in err
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("5m", 300), ("1h30m", 5400), ("10s", 10), ("250ms", 0.25),
+                                                ("42", 42), (1.5, 1.5)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-1s", "soon", "", "5 parsecs"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration|negative"):
+        parse_duration(text)

@@ -1,0 +1,105 @@
+"""The node plan: what initialization, resync and the lifecycle write."""
+
+from __future__ import annotations
+
+from ccm.nodes.decide import plan_initialization, plan_resync, plan_shutdown_taint
+from ccm.nodes.labels import INSTANCE_TYPE, REGION, ZONE, desired_labels, instance_type, valid_label_value
+from ccm.nodes.matching import MatchKind, match_server
+from ccm.nodes.view import SHUTDOWN_TAINT, node_view
+from ccm.servercache import ServerSnapshot
+from cloudsigma.client import ServerList
+from tests.unit.factories import UUID1, UUID2, dhcp_nic, node, server, vlan_nic
+
+
+def test_initialization_plan_sets_everything() -> None:
+    view = node_view(node("node-1"))
+    plan = plan_initialization(view, server(), region="zrh", zone="zrh")
+    assert plan.provider_id == f"cloudsigma://{UUID1}"
+    assert plan.labels[INSTANCE_TYPE] == "2c-4000mhz-4096mib"
+    assert plan.labels[REGION] == "zrh" and plan.labels[ZONE] == "zrh"
+    assert plan.taints == ()
+    assert plan.addresses is not None
+    assert ("ExternalIP", "94.26.101.149") in {(a.type, a.address) for a in plan.addresses}
+
+
+def test_existing_labels_and_provider_id_are_kept() -> None:
+    view = node_view(node("node-1", provider_id=f"cloudsigma://{UUID1}", labels={INSTANCE_TYPE: "custom"}))
+    plan = plan_initialization(view, server(), region="zrh", zone="zrh")
+    assert plan.provider_id is None
+    assert INSTANCE_TYPE not in plan.labels
+
+
+def test_other_taints_survive_taint_removal() -> None:
+    other = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
+    plan = plan_initialization(node_view(node(extra_taints=[other])), server(), region="zrh", zone="zrh")
+    assert plan.taints == (other,)
+
+
+def test_invalid_provided_node_ip_blocks_initialization() -> None:
+    view = node_view(node(annotations={"alpha.kubernetes.io/provided-node-ip": "10.9.9.9"}))
+    plan = plan_initialization(view, server(), region="zrh", zone="zrh")
+    assert plan.blocked and plan.empty
+
+
+def test_resync_writes_nothing_when_unchanged_and_picks_up_new_dhcp_ip() -> None:
+    current = [("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
+    view = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=current))
+    assert plan_resync(view, server()).empty
+    moved = plan_resync(view, server(nics=[dhcp_nic("94.26.101.150")]))
+    assert moved.addresses is not None
+    assert {a.address for a in moved.addresses} == {"94.26.101.150", "node-1"}
+
+
+def test_resync_keeps_addresses_of_stopped_server() -> None:
+    current = [("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
+    view = node_view(node(tainted=False, addresses=current))
+    assert plan_resync(view, server(nics=[dhcp_nic(None)], status="stopped")).empty
+
+
+def test_private_nic_keeps_kubelet_internal_ip() -> None:
+    view = node_view(node(addresses=[("InternalIP", "10.10.0.7")]))
+    plan = plan_initialization(view, server(nics=[dhcp_nic("94.26.101.149"), vlan_nic()]), region="z", zone="z")
+    assert plan.addresses is not None
+    assert ("InternalIP", "10.10.0.7") in {(a.type, a.address) for a in plan.addresses}
+
+
+def test_shutdown_taint_rules() -> None:
+    not_ready = node_view(node(tainted=False, ready="False"))
+    add = plan_shutdown_taint(not_ready, "stopped")
+    assert add.taints is not None and any(t["key"] == SHUTDOWN_TAINT for t in add.taints)
+    assert plan_shutdown_taint(not_ready, "running").empty
+    tainted_ready = node_view(node(tainted=False, ready="True",
+                                   extra_taints=[{"key": SHUTDOWN_TAINT, "effect": "NoSchedule"}]))
+    assert plan_shutdown_taint(tainted_ready, None).taints == ()
+    assert plan_shutdown_taint(node_view(node(tainted=False, ready="True")), "stopped").empty
+
+
+def test_instance_type_encoding() -> None:
+    assert instance_type(server()) == "2c-4000mhz-4096mib"
+    assert instance_type(server(cpu=None)) is None
+    assert valid_label_value("2c-4000mhz-4096mib")
+    assert not valid_label_value("-bad")
+    assert desired_labels(server(mem=None), region="zrh", zone="zrh").get(INSTANCE_TYPE) is None
+
+
+def _snapshot(*servers):  # type: ignore[no-untyped-def]
+    return ServerSnapshot.from_list(ServerList(servers=servers, total_count=len(servers), request_ids=(),
+                                               fetched_at=0.0), fetched_at=0.0)
+
+
+def test_matching_rules() -> None:
+    a, b = server("node-1", UUID1), server("node-1", UUID2)
+    snap = _snapshot(a, b)
+    ambiguous = match_server(node_view(node("node-1")), snap.by_uuid, snap.by_name)
+    assert ambiguous.kind is MatchKind.AMBIGUOUS and UUID1 in ambiguous.detail and UUID2 in ambiguous.detail
+    by_sys = match_server(node_view(node("node-1", system_uuid=UUID2.upper())), snap.by_uuid, snap.by_name)
+    assert by_sys.kind is MatchKind.FOUND and by_sys.server == b
+    by_pid = match_server(node_view(node("node-1", provider_id=f"cloudsigma://{UUID1}")), snap.by_uuid, snap.by_name)
+    assert by_pid.server == a and by_pid.via == "providerID"
+    stale = match_server(node_view(node("node-1", provider_id="cloudsigma://33333333-3333-4333-8333-333333333333")),
+                         snap.by_uuid, snap.by_name)
+    assert stale.kind is MatchKind.NOT_IN_SNAPSHOT and len(stale.name_matches) == 2
+    foreign = match_server(node_view(node("node-1", provider_id="aws:///eu-west-1a/i-123")), snap.by_uuid, snap.by_name)
+    assert foreign.kind is MatchKind.FOREIGN_PROVIDER_ID
+    none = match_server(node_view(node("other")), snap.by_uuid, snap.by_name)
+    assert none.kind is MatchKind.NO_MATCH
