@@ -1,10 +1,228 @@
-"""Doctor (placeholder until written)."""
+"""``cloudsigma-ccm doctor``: find out, from inside the pod, what stops the CCM — without writing anything.
+
+Checks, in order: configuration; tenant API reachability and every RBAC permission the CCM needs
+(SelfSubjectAccessReview); each credential provider (token acquired, with its claims, or the exact failure);
+the CloudSigma account as the CCM sees it (owner uuids, server count, request ids); and for every Node what
+the controller would do. Exit code 1 when something blocks the CCM, 0 otherwise.
+"""
+
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
 from ccm.config import Settings
+from ccm.kube.clients import api_client
+from ccm.kube.errors import KubeError
+from ccm.kube.fetching import list_nodes
+from ccm.kube.transport import KubeTransport
 from ccm.logging import Redactor
+from ccm.nodes.decide import plan_initialization, plan_resync
+from ccm.nodes.matching import MatchKind, describe_candidates, match_server
+from ccm.nodes.view import node_view
+from ccm.servercache import ServerSnapshot
+from cloudsigma.client import CloudSigmaClient, RetryPolicy
+from cloudsigma.errors import CloudSigmaError
+from credentials.base import CredentialError
+from credentials.factory import build_chain
+from credentials.registry import create_provider
+
+Status = Literal["ok", "warn", "fail"]
+
+#: (verb, resource, subresource, needed-when) — exactly what the CCM does in the tenant cluster.
+PERMISSIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("get", "nodes", "", "always"), ("list", "nodes", "", "always"), ("watch", "nodes", "", "always"),
+    ("patch", "nodes", "", "always"), ("update", "nodes", "", "always"), ("patch", "nodes", "status", "always"),
+    ("create", "events", "", "always"), ("patch", "events", "", "always"), ("delete", "nodes", "", "deletion"),
+)
+
+
+@dataclass
+class Check:
+    area: str
+    name: str
+    status: Status
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+async def collect(settings: Settings, redactor: Redactor) -> list[Check]:
+    checks: list[Check] = [Check("config", "settings", "ok",
+                                 f"region {settings.region}, user {settings.user_email}, chain "
+                                 f"{' -> '.join(settings.credential_chain)}")]
+    if settings.allow_fallback_on_forbidden:
+        checks.append(Check("config", "allow_fallback_on_forbidden", "warn",
+                            "403s of impersonated tokens are retried with other credentials: ownership problems "
+                            "(seed 001) will be hidden"))
+    checks += await _credential_checks(settings, redactor)
+    snapshot, cloud_checks, client, chain = await _cloud_checks(settings, redactor)
+    checks += cloud_checks
+    try:
+        checks += await _kube_checks(settings, snapshot, client)
+    finally:
+        await client.close()
+        await chain.aclose()
+    return checks
+
+
+async def _credential_checks(settings: Settings, redactor: Redactor) -> list[Check]:
+    out: list[Check] = []
+    user = settings.user_email or ""
+    for name in settings.credential_chain:
+        try:
+            provider = create_provider(name, settings)
+        except Exception as exc:
+            out.append(Check("credentials", name, "fail", f"cannot build provider: {exc}"))
+            continue
+        try:
+            credential = await provider.acquire(user, settings.region)
+            redactor.add(credential.secret.get_secret_value())
+            ident = credential.identity
+            claims = {k: ident.claims[k] for k in ("sub", "azp", "aud", "exp", "preferred_username", "email")
+                      if k in ident.claims}
+            out.append(Check("credentials", name, "ok",
+                             f"credential acquired for {ident.user or user} -> {credential.api_url(settings.region)}"
+                             + (f"; claims {claims}" if claims else ""),
+                             {"claims": claims, "requested_subject": ident.requested_subject,
+                              "impersonated": credential.impersonated}))
+        except CredentialError as exc:
+            out.append(Check("credentials", name, "fail", f"{exc.reason}: {exc.message}"))
+        finally:
+            await provider.aclose()
+    if out and all(c.status == "fail" for c in out):
+        out.append(Check("credentials", "chain", "fail", "no provider in the chain can produce a credential"))
+    elif out and out[0].status == "fail":
+        out.append(Check("credentials", "chain", "warn",
+                         f"the preferred provider {settings.credential_chain[0]} fails: the CCM runs on a fallback"))
+    return out
+
+
+async def _cloud_checks(settings: Settings, redactor: Redactor) -> tuple[
+        ServerSnapshot | None, list[Check], CloudSigmaClient, Any]:
+    chain = build_chain(settings)
+    from ccm.daemon import RedactingSource
+
+    client = CloudSigmaClient(RedactingSource(chain, redactor), user_email=settings.user_email or "",
+                              region=settings.region, timeout=settings.http_timeout, retry=RetryPolicy(attempts=2),
+                              page_size=settings.api_page_size)
+    try:
+        listing = await client.list_servers()
+    except (CloudSigmaError, CredentialError) as exc:
+        return None, [Check("cloudsigma", "list servers", "fail", str(exc))], client, chain
+    owners = sorted({s.owner_uuid or "unknown" for s in listing.servers})
+    status: Status = "ok" if listing.complete else "warn"
+    detail = (f"{len(listing.servers)} servers visible to {settings.user_email} via {listing.provider}; owners "
+              f"{', '.join(owners) or 'none'}; request ids {', '.join(listing.request_ids)}")
+    if not listing.complete:
+        detail += f"; {len(listing.invalid)} objects could not be parsed"
+    snapshot = ServerSnapshot.from_list(listing, fetched_at=0.0)
+    return snapshot, [Check("cloudsigma", "list servers", status, detail,
+                            {"owners": owners, "servers": len(listing.servers)})], client, chain
+
+
+async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, client: CloudSigmaClient) -> list[Check]:
+    out: list[Check] = []
+    try:
+        tenant = await api_client(settings.kubeconfig)
+    except Exception as exc:
+        return [Check("tenant", "kubeconfig", "fail", f"cannot load the tenant kubeconfig: {exc}")]
+    kube = KubeTransport(tenant, timeout=settings.http_timeout)
+    try:
+        try:
+            version = await kube.request("GET", "/version")
+            out.append(Check("tenant", "api reachable", "ok", f"Kubernetes {version.get('gitVersion', '?')}"))
+        except KubeError as exc:
+            out.append(Check("tenant", "api reachable", "fail", str(exc)))
+            return out
+        for verb, resource, sub, when in PERMISSIONS:
+            if when == "deletion" and not settings.node_deletion_enabled:
+                continue
+            label = f"{verb} {resource}{'/' + sub if sub else ''}"
+            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                      "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "subresource": sub,
+                                                      "group": ""}}}
+            try:
+                answer = await kube.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                                            body=review)
+            except KubeError as exc:
+                out.append(Check("rbac", label, "fail", f"cannot ask: {exc}"))
+                continue
+            allowed = bool((answer.get("status") or {}).get("allowed"))
+            hint = ("" if allowed else " — add it to the tenant ClusterRole (deploy/tenant)"
+                    + (" or set --node-deletion-enabled=false" if when == "deletion" else ""))
+            out.append(Check("rbac", label, "ok" if allowed else "fail", ("allowed" if allowed else "DENIED") + hint))
+        try:
+            nodes, _ = await list_nodes(kube)
+        except KubeError as exc:
+            out.append(Check("nodes", "list", "fail", str(exc)))
+            return out
+        for node in nodes:
+            out.append(await _node_check(settings, node, snapshot, client))
+    finally:
+        await tenant.close()
+    return out
+
+
+async def _node_check(settings: Settings, node: dict[str, Any], snapshot: ServerSnapshot | None,
+                      client: CloudSigmaClient) -> Check:
+    view = node_view(node)
+    if snapshot is None:
+        return Check("nodes", view.name, "warn", "not checked: the CloudSigma listing failed")
+    match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=settings.node_lookup_by_system_uuid)
+    state = "uninitialized" if view.uninitialized else "initialized"
+    if match.kind is MatchKind.FOUND and match.server is not None:
+        server = match.server
+        plan = (plan_initialization(view, server, region=settings.region, zone=settings.effective_zone)
+                if view.uninitialized else plan_resync(view, server))
+        if plan.blocked:
+            return Check("nodes", view.name, "fail", f"{state}; server {server.uuid} found by {match.via} but: "
+                         f"{plan.blocked}")
+        what = []
+        if plan.provider_id:
+            what.append(f"set providerID {plan.provider_id}")
+        if plan.addresses is not None:
+            what.append("addresses " + ", ".join(f"{a.type}={a.address}" for a in plan.addresses))
+        if plan.labels:
+            what.append("labels " + ", ".join(f"{k}={v}" for k, v in sorted(plan.labels.items())))
+        if plan.taints is not None and view.uninitialized:
+            what.append("remove the uninitialized taint")
+        return Check("nodes", view.name, "ok", f"{state}; server {server.uuid} ({server.status}) found by "
+                     f"{match.via}; would " + ("; ".join(what) if what else "change nothing"))
+    if match.kind is MatchKind.AMBIGUOUS:
+        return Check("nodes", view.name, "fail", f"{state}; several servers carry its name: {match.detail}")
+    if match.kind is MatchKind.FOREIGN_PROVIDER_ID:
+        return Check("nodes", view.name, "fail", f"{state}; {match.detail}")
+    if match.kind is MatchKind.NOT_IN_SNAPSHOT and match.provider_uuid:
+        try:
+            server = await client.get_server(match.provider_uuid)
+            return Check("nodes", view.name, "ok", f"{state}; server {server.uuid} found by direct GET only")
+        except CloudSigmaError as exc:
+            extra = (f"; servers with its name: {describe_candidates(match.name_matches)} (providerID is stale)"
+                     if match.name_matches else "")
+            return Check("nodes", view.name, "fail", f"{state}; server {match.provider_uuid} from providerID: "
+                         f"{exc}{extra}")
+    return Check("nodes", view.name, "fail", f"{state}; no server named {view.name!r} among "
+                 f"{len(snapshot.servers)} servers of {settings.user_email}")
+
+
+def render_table(checks: list[Check]) -> str:
+    width_area = max(len(c.area) for c in checks)
+    width_name = max(len(c.name) for c in checks)
+    lines = [f"{'AREA':<{width_area}}  {'CHECK':<{width_name}}  STATUS  DETAIL"]
+    for c in checks:
+        lines.append(f"{c.area:<{width_area}}  {c.name:<{width_name}}  {c.status.upper():<6}  {c.detail}")
+    return "\n".join(lines)
 
 
 async def run_doctor(settings: Settings, redactor: Redactor, *, output: str = "table") -> int:
-    raise NotImplementedError("doctor is not implemented yet")
-
+    checks = await collect(settings, redactor)
+    failed = [c for c in checks if c.status == "fail"]
+    if output == "json":
+        text = json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2, default=str)
+    else:
+        text = render_table(checks) + f"\n\n{len(failed)} problem(s) found." if failed else render_table(checks) + \
+            "\n\nNo problems found."
+    sys.stdout.write(redactor.redact_text(text) + "\n")
+    return 1 if failed else 0

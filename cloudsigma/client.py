@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -120,8 +120,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
 @dataclass
 class _Attempt:
     credential: Credential | None = None
-    reauthenticated: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    unauthorized: int = 0
 
 
 class CloudSigmaClient:
@@ -282,7 +281,7 @@ class CloudSigmaClient:
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, Unauthorized):
                 # One fresh credential per call: tokens expire, a second 401 is real.
-                return not state.reauthenticated
+                return state.unauthorized == 1
             if isinstance(exc, RateLimited) and exc.retry_after is not None:
                 return exc.retry_after <= self._retry.max_retry_after
             return isinstance(exc, CloudSigmaError) and exc.transient
@@ -298,10 +297,9 @@ class CloudSigmaClient:
                 try:
                     return await self._send(method, path, params or {}, resource, state)
                 except Unauthorized:
-                    if state.credential is not None and not state.reauthenticated:
+                    state.unauthorized += 1
+                    if state.credential is not None and state.unauthorized == 1:
                         self._credentials.invalidate(state.credential)
-                        state.reauthenticated = True
-                        state.extra["reauth"] = True
                     raise
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
@@ -381,13 +379,14 @@ class CloudSigmaClient:
         }
         etype = (parsed.error_type or "").lower()
         text = parsed.error_message or f"HTTP {status}"
-        if status == 404 or etype == "notexist":
-            cls = ServerNotFound if ctx.path.startswith("/servers/") and resource else NotFound
-            return cls(f"not found: {text}", **kw)
-        if status == 403 or etype == "permission":
-            return PermissionDenied(f"permission denied: {text}", **kw)
+        # The HTTP status decides first (a 401 body may say error_type "permission"); the type breaks ties.
         if status == 401:
             return Unauthorized(f"unauthorized: {text}", **kw)
+        if status == 404 or (status == 400 and etype == "notexist"):
+            cls = ServerNotFound if ctx.path.startswith("/servers/") and resource else NotFound
+            return cls(f"not found: {text}", **kw)
+        if status == 403:
+            return PermissionDenied(f"permission denied: {text}", **kw)
         if status == 429:
             return RateLimited(f"rate limited: {text}", retry_after=retry_after, **kw)
         if status == 402 or etype in {"billing", "payment"}:

@@ -88,5 +88,5 @@ def test_durations(text: object, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["-1s", "soon", "", "5 parsecs"])
 def test_bad_durations(text: str) -> None:
-    with pytest.raises(ValueError, match="duration|negative"):
+    with pytest.raises(ValueError, match=r"duration|negative"):
         parse_duration(text)

@@ -8,7 +8,7 @@ from ccm.nodes.addresses import AddressError, decide_addresses, is_private, same
 from ccm.nodes.view import Address
 from cloudsigma.addresses import ServerAddresses
 
-E, I, H = "ExternalIP", "InternalIP", "Hostname"
+E, INT, H = "ExternalIP", "InternalIP", "Hostname"
 
 
 def addrs(*pairs: tuple[str, str]) -> tuple[Address, ...]:
@@ -34,20 +34,20 @@ def test_private_ranges_exact(ip: str, private: bool) -> None:
         (ServerAddresses(ipv4=("94.26.101.149",)), (), None, addrs((E, "94.26.101.149"), (H, "n1"))),
         # a 172.32 address is public, a 172.20 one private
         (ServerAddresses(ipv4=("172.32.1.1", "172.20.1.1")), (), None,
-         addrs((E, "172.32.1.1"), (I, "172.20.1.1"), (H, "n1"))),
+         addrs((E, "172.32.1.1"), (INT, "172.20.1.1"), (H, "n1"))),
         # IPv6
         (ServerAddresses(ipv4=("94.26.101.149",), ipv6=("2a03:b0c0::1",)), (), None,
          addrs((E, "94.26.101.149"), (E, "2a03:b0c0::1"), (H, "n1"))),
         # private VLAN NIC: the kubelet's InternalIP is kept (API knows none), kubelet Hostname kept
-        (ServerAddresses(ipv4=("94.26.101.149",), private_nics=("mac",)), addrs((I, "10.0.0.5"), (H, "host-a")),
-         None, addrs((E, "94.26.101.149"), (I, "10.0.0.5"), (H, "host-a"))),
+        (ServerAddresses(ipv4=("94.26.101.149",), private_nics=("mac",)), addrs((INT, "10.0.0.5"), (H, "host-a")),
+         None, addrs((E, "94.26.101.149"), (INT, "10.0.0.5"), (H, "host-a"))),
         # without a private NIC a kubelet InternalIP the cloud does not know is dropped
-        (ServerAddresses(ipv4=("94.26.101.149",)), addrs((I, "10.0.0.5")), None,
+        (ServerAddresses(ipv4=("94.26.101.149",)), addrs((INT, "10.0.0.5")), None,
          addrs((E, "94.26.101.149"), (H, "n1"))),
         # provided-node-ip on the private NIC: listed first, other InternalIPs dropped, ExternalIP kept
         (ServerAddresses(ipv4=("94.26.101.149",), private_nics=("mac",)),
-         addrs((I, "10.0.0.5"), (I, "10.0.0.6")), "10.0.0.6",
-         addrs((I, "10.0.0.6"), (E, "94.26.101.149"), (H, "n1"))),
+         addrs((INT, "10.0.0.5"), (INT, "10.0.0.6")), "10.0.0.6",
+         addrs((INT, "10.0.0.6"), (E, "94.26.101.149"), (H, "n1"))),
         # provided-node-ip = the public address: it comes first, other ExternalIPs dropped
         (ServerAddresses(ipv4=("94.26.101.149", "185.1.1.1")), (), "185.1.1.1",
          addrs((E, "185.1.1.1"), (H, "n1"))),
@@ -66,7 +66,7 @@ def test_decide_addresses(server: ServerAddresses, current: tuple[Address, ...],
 def test_invalid_or_unknown_provided_node_ip(provided: str) -> None:
     with pytest.raises(AddressError) as exc:
         decide_addresses("n1", ServerAddresses(ipv4=("94.26.101.149",), private_nics=("m",)),
-                         addrs((I, "10.0.0.5")), provided_node_ip=provided)
+                         addrs((INT, "10.0.0.5")), provided_node_ip=provided)
     assert "provided-node-ip" in str(exc.value)
 
 

@@ -1,0 +1,280 @@
+"""The credential chain: providers in configured order, each through the token cache.
+
+``get(user, region)`` returns the first provider's credential that can be had. When a provider fails the
+chain moves on and logs **one** warning per fallback *episode* (per provider, user and region) — not one
+per request; the episode ends, with an info line, when that provider succeeds again. Every call still
+asks the preferred provider first (the cache's backoff keeps that cheap during an outage), so service
+returns to impersonation by itself.
+
+A 403 is not a credential problem (seed 001: the server belongs to somebody else), so by default it is
+never retried with another provider's — broader — credentials; ``allow_fallback_on_forbidden`` opts in.
+
+Log events: ``credential_acquired`` (info, token claims — never the token), ``impersonation_subject_mismatch``
+(warning), ``credential_fallback`` / ``credential_provider_failed`` (warning, once per episode),
+``credential_provider_still_failing`` (debug), ``credential_provider_recovered`` (info),
+``credential_chain_exhausted`` (error, once per episode), ``credential_invalidated`` (info),
+``credential_forbidden_fallback`` (warning), ``credential_forbidden_no_fallback`` (debug),
+``credential_acquisition_failed`` (debug, every failed acquisition incl. background refreshes),
+``credential_provider_error`` (error: a provider raised something other than a CredentialError).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import structlog
+from cachetools import LRUCache
+from yarl import URL
+
+from credentials.base import (
+    Credential,
+    CredentialError,
+    CredentialProvider,
+    CredentialUnavailable,
+    NoCredential,
+)
+from credentials.cache import CacheAware, CacheKey, TokenCache
+
+__all__ = ["CredentialChain", "normalize_email"]
+
+_Key = tuple[str, str, str]  # (provider, email, region)
+
+
+def normalize_email(email: str | None) -> str:
+    """Emails are matched case-insensitively (Keycloak lower-cases usernames too)."""
+    return (email or "").strip().lower()
+
+
+@dataclass
+class _Episode:
+    started_at: float
+    reason: str
+    message: str
+    failures: int = 1
+
+
+class CredentialChain:
+    def __init__(
+        self,
+        providers: list[CredentialProvider],
+        cache: TokenCache,
+        *,
+        logger: Any = None,
+        allow_fallback_on_forbidden: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not providers:
+            raise ValueError("a credential chain needs at least one provider")
+        names = [p.name for p in providers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a credential provider is listed twice: {', '.join(names)}")
+        self._providers = list(providers)
+        self.cache = cache
+        self.allow_fallback_on_forbidden = allow_fallback_on_forbidden
+        self._log: Any = logger if logger is not None else structlog.get_logger(__name__)
+        self._clock = clock
+        for provider in self._providers:
+            if isinstance(provider, CacheAware):
+                provider.attach_cache(cache)
+        size = max(cache.maxsize, 16)
+        self._episodes: LRUCache[_Key, _Episode] = LRUCache(size)
+        self._exhausted: LRUCache[tuple[str, str], float] = LRUCache(size)
+        self._uncached_last: LRUCache[_Key, Credential] = LRUCache(size)
+        self._last_used: LRUCache[tuple[str, str], str] = LRUCache(size)
+        self._active: str | None = None
+
+    # -- diagnostics -------------------------------------------------------------------------------------
+
+    @property
+    def providers(self) -> list[str]:
+        return [p.name for p in self._providers]
+
+    @property
+    def active_provider(self) -> str | None:
+        """The provider that served the most recent successful :meth:`get`."""
+        return self._active
+
+    def last_used(self, user_email: str, region: str) -> str | None:
+        """The provider that last served ``user_email`` in ``region``."""
+        return self._last_used.get((normalize_email(user_email), region))
+
+    def diagnostics(self) -> dict[str, Any]:
+        """State for ``doctor`` and debug endpoints. Never includes a token or secret."""
+        return {
+            "providers": self.providers,
+            "active_provider": self._active,
+            "allow_fallback_on_forbidden": self.allow_fallback_on_forbidden,
+            "last_used": [{"user": u, "region": r, "provider": p} for (u, r), p in list(self._last_used.items())],
+            "failing": [
+                {"provider": p, "user": u, "region": r, "reason": e.reason, "message": e.message,
+                 "since": e.started_at, "failures": e.failures}
+                for (p, u, r), e in list(self._episodes.items())
+            ],
+            "cache": self.cache.snapshot(),
+        }
+
+    # -- getting a credential ----------------------------------------------------------------------------
+
+    async def get(self, user_email: str, region: str) -> Credential:
+        """The first credential the chain can produce for ``user_email`` in ``region``.
+
+        Raises :class:`NoCredential` (with every provider's error in ``failures``) when all fail.
+        """
+        email = normalize_email(user_email)
+        failures: list[CredentialError] = []
+        for index, provider in enumerate(self._providers):
+            try:
+                credential = await self._from(provider, email, region)
+            except CredentialError as exc:
+                failures.append(exc)
+                following = self._providers[index + 1].name if index + 1 < len(self._providers) else None
+                self._note_failure(provider.name, email, region, exc, following)
+                continue
+            self._note_success(provider.name, email, region)
+            return credential
+        self._note_exhausted(email, region, failures)
+        summary = "; ".join(str(f) for f in failures)
+        raise NoCredential(f"no credential for {email or '<no user>'!r} in region {region!r}: {summary}",
+                           failures=failures, user=email or None)
+
+    def invalidate(self, credential: Credential) -> None:
+        """Forget a credential the API refused (401), so the next :meth:`get` acquires a new one."""
+        dropped = self.cache.invalidate_credential(credential)
+        self._log.info("credential_invalidated", dropped=dropped, **credential.identity.log_fields())
+
+    async def fallback_after_forbidden(self, user_email: str, region: str,
+                                       failed: Credential) -> Credential | None:
+        """A lower-priority credential to retry a 403 with — only with ``allow_fallback_on_forbidden``.
+
+        By default ``None``: a 403 means this user may not see the resource (e.g. a server owned by someone
+        else, seed 001); retrying with the service account's or a global account's credentials would hide
+        exactly the ownership problem operators need to see.
+        """
+        email = normalize_email(user_email)
+        failed_name = failed.identity.provider
+        if not self.allow_fallback_on_forbidden:
+            self._log.debug("credential_forbidden_no_fallback", credential_provider=failed_name, cs_user=email,
+                            region=region)
+            return None
+        names = self.providers
+        start = names.index(failed_name) + 1 if failed_name in names else 0
+        for provider in self._providers[start:]:
+            if provider.name == failed_name:
+                continue
+            try:
+                credential = await self._from(provider, email, region)
+            except CredentialError as exc:
+                self._log.debug("credential_forbidden_fallback_failed", **exc.log_fields(), message=exc.message)
+                continue
+            if credential is failed:
+                continue
+            self._log.warning("credential_forbidden_fallback", credential_provider=failed_name,
+                              fallback_provider=provider.name, cs_user=email, region=region,
+                              impersonated=failed.impersonated)
+            return credential
+        return None
+
+    async def aclose(self) -> None:
+        await self.cache.aclose()
+        for provider in self._providers:
+            try:
+                await provider.aclose()
+            except Exception as exc:  # closing must not fail shutdown
+                self._log.debug("credential_provider_close_failed", credential_provider=provider.name,
+                                error=type(exc).__name__)
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    async def _from(self, provider: CredentialProvider, email: str, region: str) -> Credential:
+        if getattr(provider, "cacheable", True) is False:
+            return await self._acquire(provider, email, region, cached=False)
+        key = CacheKey.of(email, region, provider.name)
+        return await self.cache.get(key, partial(self._acquire, provider, email, region, cached=True))
+
+    async def _acquire(self, provider: CredentialProvider, email: str, region: str, *, cached: bool) -> Credential:
+        try:
+            credential = await provider.acquire(email, region)
+        except CredentialError as exc:
+            # Warnings are per episode (in get); this line also covers failed background refreshes.
+            self._log.debug("credential_acquisition_failed",
+                            **{**exc.log_fields(), "cs_user": email, "region": region, "message": exc.message})
+            raise
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            where = f"{frame.filename}:{frame.lineno}" if frame else "?"
+            # The exception's text is not logged: it could quote a request or a response.
+            self._log.error("credential_provider_error", credential_provider=provider.name, cs_user=email,
+                            region=region, error=type(exc).__name__, where=where)
+            raise CredentialUnavailable(f"unexpected {type(exc).__name__} while acquiring a credential",
+                                        provider=provider.name, user=email or None,
+                                        reason="internal_error") from None
+        if not isinstance(credential, Credential):
+            raise CredentialUnavailable(f"returned a {type(credential).__name__}, not a Credential",
+                                        provider=provider.name, user=email or None, reason="internal_error")
+        if not cached:
+            key = (provider.name, email, region)
+            if self._uncached_last.get(key) is credential:
+                return credential
+            self._uncached_last[key] = credential
+        self._log_acquired(credential, email, region)
+        return credential
+
+    def _log_acquired(self, credential: Credential, email: str, region: str) -> None:
+        identity = credential.identity
+        fields = identity.log_fields()
+        if "email" in identity.claims:
+            fields["token_email"] = identity.claims["email"]
+        left = credential.seconds_left(self._clock())
+        try:
+            api_host = URL(credential.api_url(region)).host
+        except ValueError:
+            api_host = None
+        self._log.info("credential_acquired", region=region, impersonated=credential.impersonated,
+                       expires_in=None if left is None else round(left), api_host=api_host, **fields)
+        subject = identity.requested_subject
+        names = [str(identity.claims[c]).lower() for c in ("preferred_username", "email") if c in identity.claims]
+        if credential.impersonated and subject and names and subject.lower() not in names:
+            self._log.warning("impersonation_subject_mismatch", requested_subject=subject,
+                              token_preferred_username=identity.claims.get("preferred_username"),
+                              token_email=identity.claims.get("email"), token_sub=identity.claims.get("sub"),
+                              credential_provider=identity.provider, region=region)
+
+    def _note_failure(self, name: str, email: str, region: str, exc: CredentialError, following: str | None) -> None:
+        key = (name, email, region)
+        episode = self._episodes.get(key)
+        fields = {"credential_provider": name, "reason": exc.reason, "message": exc.message,
+                  "error": type(exc).__name__, "cs_user": email, "region": region}
+        if exc.request_id:
+            fields["request_id"] = exc.request_id
+        if episode is not None:
+            episode.failures += 1
+            self._log.debug("credential_provider_still_failing", failures=episode.failures, **fields)
+            return
+        self._episodes[key] = _Episode(started_at=self._clock(), reason=exc.reason, message=exc.message)
+        if following is not None:
+            self._log.warning("credential_fallback", next_provider=following, **fields)
+        else:
+            self._log.warning("credential_provider_failed", **fields)
+
+    def _note_success(self, name: str, email: str, region: str) -> None:
+        episode = self._episodes.pop((name, email, region), None)
+        if episode is not None:
+            self._log.info("credential_provider_recovered", credential_provider=name, cs_user=email, region=region,
+                           failures=episode.failures,
+                           outage_seconds=round(max(0.0, self._clock() - episode.started_at), 1))
+        self._exhausted.pop((email, region), None)
+        self._active = name
+        self._last_used[(email, region)] = name
+
+    def _note_exhausted(self, email: str, region: str, failures: list[CredentialError]) -> None:
+        if (email, region) in self._exhausted:
+            return
+        self._exhausted[(email, region)] = self._clock()
+        self._log.error("credential_chain_exhausted", cs_user=email, region=region,
+                        failures=[{"credential_provider": f.provider, "reason": f.reason, "message": f.message}
+                                  for f in failures])

@@ -1,0 +1,61 @@
+"""Helpers shared by the built-in providers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from credentials.base import CredentialNotConfigured, CredentialRejected, CredentialUnavailable
+from credentials.claims import decode_claims
+
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+UMA_TICKET_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+REFRESH_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:refresh_token"
+
+
+def require(provider: str, user: str | None, settings: Mapping[str, object]) -> None:
+    """Raise :class:`CredentialNotConfigured` naming every missing setting (env var → value)."""
+    missing = [name for name, value in settings.items() if value is None or value == ""]
+    if missing:
+        raise CredentialNotConfigured(f"not configured: set {', '.join(missing)}", provider=provider,
+                                      user=user, reason="not_configured")
+
+
+def require_secret(secret: SecretStr | None) -> SecretStr | None:
+    """``None`` for a missing or empty secret (for :func:`require`)."""
+    return secret if secret is not None and secret.get_secret_value() else None
+
+
+def access_token_from(data: Mapping[str, Any], *, provider: str, user: str | None, what: str,
+                      keys: tuple[str, ...] = ("access_token",)) -> tuple[str, dict[str, Any]]:
+    """The access token of a token response and its (unverified) claims.
+
+    Refuses refresh tokens: legacy Keycloak token exchange returns one when ``requested_token_type`` is
+    missing, and a refresh token sent to CloudSigma would only ever answer 401.
+    """
+    token: Any = None
+    for key in keys:
+        if isinstance(data.get(key), str) and data[key]:
+            token = data[key]
+            break
+    claims = decode_claims(token) if isinstance(token, str) else {}
+    issued = data.get("issued_token_type")
+    if issued == REFRESH_TOKEN_TYPE or str(claims.get("typ", "")).lower() in ("refresh", "offline") or (
+            token is None and data.get("refresh_token")):
+        raise CredentialRejected(
+            f"{what} returned a refresh token instead of an access token: the request must carry "
+            f"requested_token_type={ACCESS_TOKEN_TYPE} (Keycloak's legacy token exchange returns a refresh "
+            "token without it); check that no proxy rewrites the request",
+            provider=provider, user=user, reason="refresh_token_returned")
+    if token is None:
+        fields = ", ".join(sorted(str(k) for k in data)) or "nothing"
+        raise CredentialUnavailable(f"{what} answered without an access token (fields: {fields})",
+                                    provider=provider, user=user, reason="bad_response")
+    token_type = data.get("token_type")
+    if isinstance(token_type, str) and token_type and token_type.lower() != "bearer":
+        raise CredentialRejected(f"{what} returned a token of type {token_type[:40]!r}, not a Bearer access "
+                                 "token", provider=provider, user=user, reason="wrong_token_type")
+    return token, claims
