@@ -105,7 +105,8 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
     events = EventRecorder(kube, host=socket.gethostname())
     applier = NodeApplier(kube)
     reconciler = NodeReconciler(
-        store=watcher.store.get, cache=cache, client=client, applier=applier, events=events, metrics=metrics,
+        store=lambda name: watcher.store.get(name), cache=cache, client=client, applier=applier, events=events,
+        metrics=metrics,
         settings=ReconcileSettings(region=settings.region, zone=settings.effective_zone, user_email=user,
                                    cluster_name=settings.cluster_name,
                                    use_system_uuid=settings.node_lookup_by_system_uuid),
@@ -119,6 +120,26 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
         deletion_enabled=settings.node_deletion_enabled, use_system_uuid=settings.node_lookup_by_system_uuid,
     )
     return Components(settings, metrics, chain, client, cache, tenant, kube, watcher, events, controller, lifecycle)
+
+
+async def run_controllers(parts: Components, health: HealthState | None = None) -> None:
+    """Watch, reconcile and monitor until cancelled (or until the node controller is shut down)."""
+
+    async def mark_synced() -> None:
+        await parts.watcher.synced.wait()
+        if health is not None:
+            health.synced = True
+        log.info("initial_node_sync_done", nodes=len(parts.watcher.store))
+
+    tasks = [asyncio.create_task(coro) for coro in (parts.watcher.run(), parts.lifecycle.run(), mark_synced())]
+    try:
+        await parts.controller.run()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def run(settings: Settings, redactor: Redactor) -> int:
@@ -139,13 +160,7 @@ async def run(settings: Settings, redactor: Redactor) -> int:
     async def lead() -> None:
         health.leading = True
         parts.metrics.leader.set(1)
-
-        async def mark_synced() -> None:
-            await parts.watcher.synced.wait()
-            health.synced = True
-            log.info("initial_node_sync_done", nodes=len(parts.watcher.store))
-
-        await asyncio.gather(parts.watcher.run(), parts.controller.run(), parts.lifecycle.run(), mark_synced())
+        await run_controllers(parts, health)
 
     def leading_changed(leading: bool) -> None:
         health.leading = leading

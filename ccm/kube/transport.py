@@ -60,7 +60,7 @@ class KubeTransport:
         try:
             resp = await self.api_client.call_api(
                 path, method, query_params=list((query or {}).items()), header_params=headers,
-                body=json.dumps(body).encode() if body is not None else None,
+                body=body,
                 auth_settings=["BearerToken"], _preload_content=False,
                 _request_timeout=timeout or self.timeout,
             )

@@ -1,0 +1,74 @@
+"""Pytest fixtures for a real kube-apiserver (see tests/realenv/kubeapiserver.py).
+
+- ``kube_apiserver`` (session): one running :class:`KubeAPIServer`, stopped at the end of the session.
+- ``kube_apiserver_factory`` (session): ``factory(name)`` starts (once per name) an extra, independent
+  API server, e.g. a "management" and a "tenant" cluster; all are stopped at the end of the session.
+- ``kube_api`` (function): a ``kubernetes_asyncio`` ``ApiClient`` for the admin of ``kube_apiserver``,
+  built without touching the library's global default configuration; closed after the test.
+- ``clean_nodes`` (function): deletes every Node of ``kube_apiserver`` before the test.
+
+The API servers start lazily: only tests that use these fixtures pay for them (and for the build of
+the binary on a cold cache; see scripts/build-kube-apiserver.sh).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.config import new_client_from_config
+
+from tests.realenv.kubeapiserver import KubeAPIServer
+from tests.realenv.nodes import delete_all_nodes
+
+__all__ = ["api_client_for", "clean_nodes", "kube_api", "kube_apiserver", "kube_apiserver_factory"]
+
+
+async def api_client_for(kubeconfig: Path) -> ApiClient:
+    """A fresh ``ApiClient`` for ``kubeconfig``; no global state. The caller must ``await client.close()``."""
+    return await new_client_from_config(config_file=str(kubeconfig), persist_config=False)
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver() -> Iterator[KubeAPIServer]:
+    server = KubeAPIServer("main")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver_factory() -> Iterator[Callable[[str], KubeAPIServer]]:
+    servers: dict[str, KubeAPIServer] = {}
+
+    def factory(name: str) -> KubeAPIServer:
+        server = servers.get(name)
+        if server is None:
+            server = KubeAPIServer(name)
+            server.start()
+            servers[name] = server
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture
+async def kube_api(kube_apiserver: KubeAPIServer) -> AsyncIterator[ApiClient]:
+    client = await api_client_for(kube_apiserver.admin_kubeconfig)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def clean_nodes(kube_api: ApiClient) -> None:
+    await delete_all_nodes(kube_api)

@@ -1,0 +1,573 @@
+"""deploy/: the kustomizations render to what the CCM needs — and nothing more.
+
+Rendering uses the pure-Python subset renderer tests/realenv/kustomize.py, so these tests run everywhere.
+Where ``kubectl`` is installed, the renderings are also compared with ``kubectl kustomize`` (as parsed
+objects); without it that comparison is reported as a warning (set ``CCM_REQUIRE_KUBECTL=1`` to make it a
+failure, e.g. in CI) and the renderer's own assertions still run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ccm.config import ConfigError, Settings, env_name, load_settings
+from ccm.doctor import PERMISSIONS
+from tests.realenv.kustomize import (
+    UnsupportedKustomization,
+    find_object,
+    object_id,
+    render,
+    strategic_merge,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+KUSTOMIZATIONS = {
+    "base": DEPLOY / "base",
+    "overlay": DEPLOY / "overlays" / "example-tenant",
+    "tenant": DEPLOY / "tenant",
+    "tenant-without-deletion": DEPLOY / "tenant" / "without-deletion",
+}
+NAME = "cloudsigma-ccm"
+NAMESPACE = "cloudsigma-example-3415fbd3"
+TENANT_USER = "cloudsigma-ccm"
+KUBECONFIG_DIR = "/etc/cloudsigma-ccm/tenant"
+EXTRA_ENV = {"POD_NAMESPACE"}  # read by the daemon directly (Lease namespace), not a setting
+
+# Seed 000: the impersonation Secret and its keys; the legacy credentials Secret is optional.
+SECRET_ENV = {
+    "CLOUDSIGMA_OAUTH_URL": ("cloudsigma-impersonation", "oauth-url", False),
+    "CLOUDSIGMA_CLIENT_ID": ("cloudsigma-impersonation", "client-id", False),
+    "CLOUDSIGMA_CLIENT_SECRET": ("cloudsigma-impersonation", "client-secret", False),
+    "CLOUDSIGMA_USERNAME": ("cloudsigma-credentials", "username", True),
+    "CLOUDSIGMA_PASSWORD": ("cloudsigma-credentials", "password", True),
+}
+
+Obj = dict[str, Any]
+Rule = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, resourceName)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Obj]]:
+    return {name: render(path) for name, path in KUSTOMIZATIONS.items()}
+
+
+def deployment(objects: list[Obj]) -> Obj:
+    return find_object(objects, "Deployment", NAME)
+
+
+def pod_spec(objects: list[Obj]) -> Obj:
+    spec: Obj = deployment(objects)["spec"]["template"]["spec"]
+    return spec
+
+
+def container(objects: list[Obj]) -> Obj:
+    containers = pod_spec(objects)["containers"]
+    assert [c["name"] for c in containers] == [NAME]
+    result: Obj = containers[0]
+    return result
+
+
+def env_of(objects: list[Obj]) -> dict[str, Obj]:
+    entries = container(objects)["env"]
+    names = [e["name"] for e in entries]
+    assert len(names) == len(set(names)), f"duplicate env names: {names}"
+    return {e["name"]: e for e in entries}
+
+
+def plain_env(objects: list[Obj]) -> dict[str, str]:
+    return {name: e["value"] for name, e in env_of(objects).items() if "value" in e}
+
+
+def rules_of(role: Obj) -> set[Rule]:
+    """Flatten RBAC rules; wildcards and non-resource URLs are refused outright."""
+    out: set[Rule] = set()
+    for rule in role.get("rules") or []:
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+        names: list[str | None] = list(rule.get("resourceNames") or [None])
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), rule
+                    out.update((group, resource, verb, name) for name in names)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ objects
+
+
+def test_base_objects(rendered: dict[str, list[Obj]]) -> None:
+    ids = sorted((o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in rendered["base"])
+    assert ids == [(kind, NAME, None) for kind in
+                   ("Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount")]
+
+
+def test_overlay_sets_namespace_labels_and_image(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["overlay"]
+    assert {o["kind"] for o in objects} == {o["kind"] for o in rendered["base"]}
+    for obj in objects:
+        assert obj["metadata"]["name"] == NAME  # no prefix: one CCM per tenant namespace
+        assert obj["metadata"]["namespace"] == NAMESPACE
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == NAME
+        assert labels["app.kubernetes.io/instance"] == "example"
+    image = container(objects)["image"]
+    assert image.endswith("/cloudsigma-ccm:0.1.0")
+    assert container(rendered["base"])["image"] == "cloudsigma-ccm:latest"
+    # Selectors stay those of the base (they are immutable on a Deployment).
+    dep = deployment(objects)
+    assert dep["spec"]["selector"] == deployment(rendered["base"])["spec"]["selector"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+# ------------------------------------------------------------------------------------------------ the pod
+
+
+@pytest.mark.parametrize("variant", ["base", "overlay"])
+def test_pod_security(rendered: dict[str, list[Obj]], variant: str) -> None:
+    pod = pod_spec(rendered[variant])
+    sc = pod["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (65532, 65532)
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    csc = container(rendered[variant])["securityContext"]
+    assert csc["runAsNonRoot"] is True
+    assert (csc["runAsUser"], csc["runAsGroup"]) == (65532, 65532)
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc.get("privileged", False) is False
+    assert csc["capabilities"] == {"drop": ["ALL"]}
+    assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+
+
+def test_only_tmp_is_writable_and_the_kubeconfig_is_mounted_read_only(rendered: dict[str, list[Obj]]) -> None:
+    pod = pod_spec(rendered["overlay"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container(rendered["overlay"])["volumeMounts"]}
+    writable = {path for path, m in mounts.items() if not m.get("readOnly")}
+    assert writable == {"/tmp"}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert [name for name, v in volumes.items() if "emptyDir" in v] == [mounts["/tmp"]["name"]]
+    kube = mounts[KUBECONFIG_DIR]
+    assert "subPath" not in kube  # a rotated Secret must reach the pod
+    secret = volumes[kube["name"]]["secret"]
+    assert secret["secretName"] == "tenant-kubeconfig"
+    assert secret["items"] == [{"key": "value", "path": "kubeconfig"}]
+    assert secret["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == 65532
+    assert plain_env(rendered["overlay"])["CLOUDSIGMA_KUBECONFIG"] == f"{KUBECONFIG_DIR}/kubeconfig"
+    assert all("hostPath" not in v for v in volumes.values())
+
+
+def test_probes_and_port(rendered: dict[str, list[Obj]]) -> None:
+    c = container(rendered["overlay"])
+    assert c["ports"] == [{"name": "metrics", "containerPort": 10258, "protocol": "TCP"}]
+    bind = plain_env(rendered["overlay"]).get("CLOUDSIGMA_METRICS_BIND_ADDRESS",
+                                              Settings.model_fields["metrics_bind_address"].default)
+    assert bind.rpartition(":")[2] == "10258"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["args"] == ["run"]
+
+
+def test_resources(rendered: dict[str, list[Obj]]) -> None:
+    resources = container(rendered["overlay"])["resources"]
+    assert resources == {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}}
+
+
+def test_availability(rendered: dict[str, list[Obj]]) -> None:
+    dep = deployment(rendered["overlay"])
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    shutdown = Settings.model_fields["shutdown_timeout"].default
+    assert isinstance(shutdown, float)
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert pod["terminationGracePeriodSeconds"] > shutdown
+    assert {(t["key"], t["operator"], t["effect"]) for t in pod["tolerations"]} == {
+        ("node.cloudprovider.kubernetes.io/uninitialized", "Exists", "NoSchedule"),
+        ("node.kubernetes.io/not-ready", "Exists", "NoSchedule"),
+    }
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    preferred = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["podAntiAffinity"]
+    assert [p["podAffinityTerm"]["topologyKey"] for p in preferred] == ["kubernetes.io/hostname"]
+    assert preferred[0]["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    for spread in pod["topologySpreadConstraints"]:
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert spread["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    pdb = find_object(rendered["overlay"], "PodDisruptionBudget", NAME)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+
+
+# ------------------------------------------------------------------------------------------------ env
+
+
+@pytest.mark.parametrize("variant", ["base", "overlay"])
+def test_every_env_name_is_a_setting(rendered: dict[str, list[Obj]], variant: str) -> None:
+    settings = {env_name(field) for field in Settings.model_fields}
+    unknown = sorted(set(env_of(rendered[variant])) - settings - EXTRA_ENV)
+    assert unknown == []
+
+
+@pytest.mark.parametrize("variant", ["base", "overlay"])
+def test_secret_references(rendered: dict[str, list[Obj]], variant: str) -> None:
+    env = env_of(rendered[variant])
+    refs = {}
+    for name, entry in env.items():
+        if "valueFrom" in entry and "secretKeyRef" in entry["valueFrom"]:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            refs[name] = (ref["name"], ref["key"], bool(ref.get("optional", False)))
+    assert refs == SECRET_ENV
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # No secret lands in a plain value.
+    assert not {"CLOUDSIGMA_CLIENT_SECRET", "CLOUDSIGMA_PASSWORD", "CLOUDSIGMA_STATIC_TOKEN"} & set(
+        plain_env(rendered[variant]))
+
+
+def test_plain_env(rendered: dict[str, list[Obj]]) -> None:
+    base = plain_env(rendered["base"])
+    assert base["CLOUDSIGMA_IMPERSONATION_ENABLED"] == "true"
+    assert base["CLOUDSIGMA_USER_EMAIL"] == "" and base["CLOUDSIGMA_REGION"] == ""  # the overlay's job
+    overlay = plain_env(rendered["overlay"])
+    assert overlay["CLOUDSIGMA_IMPERSONATION_ENABLED"] == "true"
+    assert overlay["CLOUDSIGMA_USER_EMAIL"] == "owner@example.com"
+    assert overlay["CLOUDSIGMA_REGION"] == "zrh"
+    assert overlay["CLOUDSIGMA_CLUSTER_NAME"] == "example"
+    assert overlay["CLOUDSIGMA_NODE_DELETION_ENABLED"] == "true"  # the example tenant binds the deletion role
+    assert overlay["CLOUDSIGMA_LEADER_ELECT"] == "true"
+    # Everything else of the base is kept by the patch.
+    assert set(env_of(rendered["base"])) <= set(env_of(rendered["overlay"]))
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for key in list(os.environ):
+        if key.startswith("CLOUDSIGMA_") or key in ("KUBECONFIG", "POD_NAMESPACE"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def _pod_environment(objects: list[Obj], kubeconfig: Path, *, with_credentials: bool) -> dict[str, str]:
+    """The env the container would see, with made-up Secret values and the kubeconfig at a local path."""
+    fake = {
+        ("cloudsigma-impersonation", "oauth-url"): "https://auth.example.com/realms/cloudsigma",
+        ("cloudsigma-impersonation", "client-id"): "cloudsigma-ccm",
+        ("cloudsigma-impersonation", "client-secret"): "s3cr3t",
+        ("cloudsigma-credentials", "username"): "legacy@example.com",
+        ("cloudsigma-credentials", "password"): "pw",
+    }
+    out: dict[str, str] = {}
+    for name, entry in env_of(objects).items():
+        if "value" in entry:
+            out[name] = entry["value"]
+        elif "secretKeyRef" in entry.get("valueFrom", {}):
+            ref = entry["valueFrom"]["secretKeyRef"]
+            if ref["name"] == "cloudsigma-credentials" and not with_credentials:
+                continue
+            out[name] = fake[(ref["name"], ref["key"])]
+        elif "fieldRef" in entry.get("valueFrom", {}):
+            out[name] = NAMESPACE
+    out["CLOUDSIGMA_KUBECONFIG"] = str(kubeconfig)
+    return out
+
+
+@pytest.mark.parametrize("with_credentials", [False, True], ids=["impersonation-only", "with-legacy-secret"])
+def test_overlay_env_is_a_valid_configuration(rendered: dict[str, list[Obj]], clean_environ: pytest.MonkeyPatch,
+                                              tmp_path: Path, with_credentials: bool) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    for key, value in _pod_environment(rendered["overlay"], kubeconfig, with_credentials=with_credentials).items():
+        clean_environ.setenv(key, value)
+    settings = load_settings()
+    assert settings.impersonation_enabled
+    assert settings.user_email == "owner@example.com"
+    assert settings.region == "zrh"
+    assert settings.cluster_name == "example"
+    assert settings.kubeconfig == kubeconfig
+    assert settings.leader_elect and settings.node_deletion_enabled
+    assert settings.credential_chain[0] == settings.impersonation_strategy
+    assert ("password" in settings.credential_chain) is with_credentials
+
+
+def test_base_alone_fails_fast(rendered: dict[str, list[Obj]], clean_environ: pytest.MonkeyPatch,
+                               tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    for key, value in _pod_environment(rendered["base"], kubeconfig, with_credentials=False).items():
+        clean_environ.setenv(key, value)
+    with pytest.raises(ConfigError, match="CLOUDSIGMA_REGION"):
+        load_settings()
+
+
+# ------------------------------------------------------------------------------------------------ RBAC
+
+
+def test_management_cluster_rbac(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["overlay"]
+    lease_name = plain_env(objects).get("CLOUDSIGMA_LEADER_ELECT_RESOURCE_NAME",
+                                        Settings.model_fields["leader_elect_resource_name"].default)
+    assert lease_name == "cloudsigma-ccm"
+    role = find_object(objects, "Role", NAME)
+    assert rules_of(role) == {
+        ("coordination.k8s.io", "leases", "create", None),
+        ("coordination.k8s.io", "leases", "get", lease_name),
+        ("coordination.k8s.io", "leases", "update", lease_name),
+        ("", "events", "create", None),
+        ("", "events", "patch", None),
+    }
+    binding = find_object(objects, "RoleBinding", NAME)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
+    sa = find_object(objects, "ServiceAccount", NAME)
+    assert sa["automountServiceAccountToken"] is True
+    assert pod_spec(objects)["serviceAccountName"] == NAME
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+TENANT_RULES: set[Rule] = {
+    ("", "nodes", "get", None),
+    ("", "nodes", "list", None),
+    ("", "nodes", "watch", None),
+    ("", "nodes", "patch", None),
+    ("", "nodes", "update", None),
+    ("", "nodes/status", "patch", None),
+    ("", "events", "create", None),
+    ("", "events", "patch", None),
+}
+DELETION_RULES: set[Rule] = {("", "nodes", "delete", None)}
+
+
+def _bindings(objects: list[Obj]) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRoleBinding"}
+
+
+def test_tenant_rbac(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["tenant"]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("ClusterRole", "cloudsigma-ccm"), ("ClusterRole", "cloudsigma-ccm-node-deletion"),
+        ("ClusterRoleBinding", "cloudsigma-ccm"), ("ClusterRoleBinding", "cloudsigma-ccm-node-deletion"),
+    ]
+    assert rules_of(find_object(objects, "ClusterRole", "cloudsigma-ccm")) == TENANT_RULES
+    assert rules_of(find_object(objects, "ClusterRole", "cloudsigma-ccm-node-deletion")) == DELETION_RULES
+    for name, binding in _bindings(objects).items():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+        assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                        "name": TENANT_USER}]
+    assert all("namespace" not in o["metadata"] for o in objects)
+
+
+def test_tenant_rbac_without_deletion(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["tenant-without-deletion"]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("ClusterRole", "cloudsigma-ccm"), ("ClusterRoleBinding", "cloudsigma-ccm")]
+    assert objects == [o for o in rendered["tenant"] if not o["metadata"]["name"].endswith("-node-deletion")]
+
+
+def test_tenant_rbac_is_what_doctor_checks(rendered: dict[str, list[Obj]]) -> None:
+    """`cloudsigma-ccm doctor` asks for exactly these permissions; the manifests must grant them, no more."""
+    always = {("", f"{resource}/{sub}" if sub else resource, verb, None)
+              for verb, resource, sub, when in PERMISSIONS if when == "always"}
+    deletion = {("", resource, verb, None) for verb, resource, _, when in PERMISSIONS if when == "deletion"}
+    assert always == TENANT_RULES
+    assert deletion == DELETION_RULES
+
+
+# ------------------------------------------------------------------------------------------------ renderer
+
+
+def compare_with_kubectl(directory: Path, objects: list[Obj]) -> None:
+    """Assert ``kubectl kustomize directory`` renders the same objects; warn (or fail with
+    CCM_REQUIRE_KUBECTL=1) when kubectl is not installed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        message = f"kubectl not found: the Python rendering of {directory} was not compared with `kubectl kustomize`"
+        if os.environ.get("CCM_REQUIRE_KUBECTL", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        warnings.warn(message, stacklevel=2)
+        return
+    proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    expected = {object_id(o): o for o in yaml.safe_load_all(proc.stdout) if o is not None}
+    assert {object_id(o): o for o in objects} == expected
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_python_rendering_matches_kubectl_kustomize(name: str) -> None:
+    """Always renders with the Python renderer; compares with `kubectl kustomize` when kubectl is there."""
+    objects = render(KUSTOMIZATIONS[name])
+    assert objects, name
+    ids = [object_id(o) for o in objects]
+    assert len(ids) == len(set(ids))
+    for obj in objects:
+        assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"]
+        yaml.safe_dump(obj)  # plain data only
+    compare_with_kubectl(KUSTOMIZATIONS[name], objects)
+
+
+RENDERER_BASE = {
+    "kustomization.yaml": "resources: [objects.yaml]\nlabels:\n- pairs: {tier: base}\n",
+    "objects.yaml": """\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: app}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: app, namespace: old}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: app}
+subjects:
+- {kind: ServiceAccount, name: app}
+- {kind: ServiceAccount, name: default}
+- {kind: ServiceAccount, name: elsewhere, namespace: other}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: someone}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: app-reader}
+rules: [{apiGroups: [""], resources: [nodes], verbs: [get]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec:
+      initContainers:
+      - {name: init, image: "tools:1.0"}
+      containers:
+      - name: app
+        image: example.com:5000/team/app:old
+        args: [a, b]
+        ports: [{containerPort: 80, name: http}]
+        env:
+        - {name: A, value: "1"}
+        - {name: B, value: "2"}
+        volumeMounts: [{name: data, mountPath: /data}]
+      - {name: sidecar, image: "side@sha256:%s"}
+      volumes: [{name: data, emptyDir: {}}]
+""" % ("0" * 64),
+}
+RENDERER_OVERLAY = {
+    "kustomization.yaml": """\
+namespace: new
+resources: [../base]
+labels:
+- pairs: {team: blue}
+  includeTemplates: true
+images:
+- {name: example.com:5000/team/app, newTag: "2.0"}
+- {name: tools, newName: example.com/tools}
+- {name: side, digest: "sha256:%s"}
+patches:
+- path: patch.yaml
+- patch: |-
+    apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: app}
+    automountServiceAccountToken: false
+""" % ("1" * 64),
+    "patch.yaml": """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 3
+  template:
+    spec:
+      containers:
+      - name: app
+        args: [c]
+        ports: [{containerPort: 81, name: alt}]
+        env:
+        - {name: C, value: "3"}
+        - {name: A, value: "one"}
+        volumeMounts: [{name: cache, mountPath: /cache}]
+      volumes: [{name: cache, emptyDir: {medium: Memory}}]
+""",
+}
+
+
+def test_renderer_features_match_kubectl(tmp_path: Path) -> None:
+    """Every feature of the renderer on one example, with the results kustomize gives."""
+    for sub, files in (("base", RENDERER_BASE), ("overlay", RENDERER_OVERLAY)):
+        (tmp_path / sub).mkdir()
+        for name, text in files.items():
+            (tmp_path / sub / name).write_text(text)
+    objects = render(tmp_path / "overlay")
+    dep = find_object(objects, "Deployment", "app")
+    assert dep["metadata"]["namespace"] == "new"
+    assert dep["metadata"]["labels"] == {"tier": "base", "team": "blue"}
+    assert dep["spec"]["template"]["metadata"]["labels"] == {"app": "app", "team": "blue"}
+    assert dep["spec"]["selector"] == {"matchLabels": {"app": "app"}}
+    pod = dep["spec"]["template"]["spec"]
+    app = pod["containers"][0]
+    assert app["image"] == "example.com:5000/team/app:2.0"
+    assert pod["initContainers"][0]["image"] == "example.com/tools:1.0"
+    assert pod["containers"][1]["image"] == "side@sha256:" + "1" * 64
+    assert app["args"] == ["c"]
+    assert [(e["name"], e["value"]) for e in app["env"]] == [("C", "3"), ("A", "one"), ("B", "2")]
+    assert [m["mountPath"] for m in app["volumeMounts"]] == ["/cache", "/data"]
+    assert [p["containerPort"] for p in app["ports"]] == [81, 80]
+    assert [v["name"] for v in pod["volumes"]] == ["cache", "data"]
+    binding = find_object(objects, "RoleBinding", "app")
+    assert binding["metadata"]["namespace"] == "new"
+    assert [s.get("namespace") for s in binding["subjects"]] == ["new", "new", "other", None]
+    assert "namespace" not in find_object(objects, "ClusterRole", "app-reader")["metadata"]
+    assert find_object(objects, "ServiceAccount", "app")["automountServiceAccountToken"] is False
+    compare_with_kubectl(tmp_path / "overlay", objects)
+
+
+def test_strategic_merge() -> None:
+    target = {"spec": {"containers": [{"name": "a", "env": [{"name": "X", "value": "1"},
+                                                             {"name": "Y", "value": "2"}],
+                                       "args": ["run", "--v"], "drop": 1}]}}
+    patch = {"spec": {"containers": [{"name": "a", "env": [{"name": "Y", "value": "3"}, {"name": "Z", "value": "4"}],
+                                      "args": ["doctor"], "drop": None}]}}
+    merged = strategic_merge(target, patch)
+    assert merged == {"spec": {"containers": [{"name": "a", "env": [
+        {"name": "Y", "value": "3"}, {"name": "Z", "value": "4"}, {"name": "X", "value": "1"}],
+        "args": ["doctor"]}]}}
+    assert target["spec"]["containers"][0]["drop"] == 1  # not modified in place
+    with pytest.raises(UnsupportedKustomization):
+        strategic_merge({"a": [1]}, {"$patch": "replace"})
+
+
+def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n")
+    (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\nnamePrefix: t-\n")
+    with pytest.raises(UnsupportedKustomization, match="namePrefix"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [cm.yaml]\nlabels:\n- pairs: {a: b}\n  includeSelectors: true\n")
+    with pytest.raises(UnsupportedKustomization, match="includeSelectors"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("resources: [../outside.yaml]\n")
+    (tmp_path.parent / "outside.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\n")
+    with pytest.raises(UnsupportedKustomization, match="outside"):
+        render(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+
+def test_readme_names_what_the_manifests_use() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    for text in ("cloudsigma-impersonation", "oauth-url", "client-id", "client-secret", "cloudsigma-credentials",
+                 "tenant-kubeconfig", "--from-file=value=", NAMESPACE, "deploy/tenant/without-deletion",
+                 "deploy/overlays/example-tenant", "CLOUDSIGMA_NODE_DELETION_ENABLED", "apply -k deploy/tenant\n",
+                 "apply -k deploy/tenant/without-deletion\n", "apply -k deploy/overlays/example-tenant\n",
+                 "create namespace cloudsigma-example-3415fbd3\n"):
+        assert text in readme, text
