@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     concurrent_node_syncs: int = Field(4, ge=1, le=256, description="Node reconcile workers.")
     node_status_update_frequency: float = Field(300.0, description="Address re-sync period of initialized nodes.")
     server_cache_max_age: float = Field(10.0, description="Longest a server snapshot answers before a refresh.")
+    server_lookup: Literal["snapshot", "per-node"] = Field(
+        "snapshot", description="snapshot: one shared listing for all nodes; per-node: one API call per node "
+        "reconcile, as the upstream cloud-node-controller does (a reference mode for benchmarks).")
     node_monitor_period: float = Field(10.0, description="How often NotReady nodes are checked against the cloud.")
     node_deletion_enabled: bool = Field(True, description="Delete Nodes whose server is provably gone.")
     node_deletion_grace_period: float = Field(300.0, description="How long a node must be NotReady before deletion.")

@@ -109,7 +109,8 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
         metrics=metrics,
         settings=ReconcileSettings(region=settings.region, zone=settings.effective_zone, user_email=user,
                                    cluster_name=settings.cluster_name,
-                                   use_system_uuid=settings.node_lookup_by_system_uuid),
+                                   use_system_uuid=settings.node_lookup_by_system_uuid,
+                                   lookup=settings.server_lookup),
     )
     controller = NodeController(watcher, reconciler, workers=settings.concurrent_node_syncs,
                                 resync_period=settings.node_status_update_frequency, metrics=metrics)

@@ -26,13 +26,13 @@ log = structlog.get_logger(__name__)
 class ServerSnapshot:
     """Servers of the user at one moment, indexed for lookups."""
 
-    servers: tuple[Server, ...]
+    servers: tuple[Server, ...] = field(repr=False)
     fetched_at: float  # monotonic
     complete: bool
     request_ids: tuple[str, ...] = ()
     provider: str | None = None
-    by_uuid: dict[str, Server] = field(default_factory=dict)
-    by_name: dict[str, tuple[Server, ...]] = field(default_factory=dict)
+    by_uuid: dict[str, Server] = field(default_factory=dict, repr=False)
+    by_name: dict[str, tuple[Server, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_list(cls, listing: ServerList, fetched_at: float) -> ServerSnapshot:

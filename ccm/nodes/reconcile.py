@@ -26,7 +26,7 @@ from ccm.nodes.labels import INSTANCE_TYPE
 from ccm.nodes.matching import Match, MatchKind, describe_candidates, match_server
 from ccm.nodes.view import NodeView, node_view
 from ccm.servercache import ServerCache, ServerSnapshot
-from cloudsigma.client import CloudSigmaClient
+from cloudsigma.client import CloudSigmaClient, ServerList
 from cloudsigma.errors import CloudSigmaError, NotFound, PermissionDenied
 from cloudsigma.models import Server
 from credentials.base import CredentialError
@@ -58,6 +58,8 @@ class ReconcileSettings:
     cluster_name: str = ""
     use_system_uuid: bool = True
     ipv6: bool = True
+    #: "per-node": one CloudSigma call per reconcile (upstream's pattern), for benchmark comparisons.
+    lookup: str = "snapshot"
 
 
 class NodeReconciler:
@@ -109,12 +111,28 @@ class NodeReconciler:
         return outcome
 
     async def _reconcile(self, node: JSON, view: NodeView) -> Outcome:
+        if self._s.lookup == "per-node":
+            return await self._reconcile_per_node(node, view)
         snapshot = await self._cache.get()
         match = self._match(view, snapshot)
         if match.kind is not MatchKind.FOUND and match.kind is not MatchKind.FOREIGN_PROVIDER_ID:
             # Refresh on a miss before answering "not found": the server may be seconds old.
             snapshot = await self._cache.refresh(newer_than=snapshot.fetched_at)
             match = self._match(view, snapshot)
+        if match.kind is MatchKind.FOUND and match.server is not None:
+            return await self._sync(node, view, match.server, match, snapshot)
+        return await self._unmatched(node, view, match, snapshot)
+
+    async def _reconcile_per_node(self, node: JSON, view: NodeView) -> Outcome:
+        """Upstream's call pattern: GET the server by providerID, or list by name — once per node."""
+        if view.provider_id:
+            match = self._match(view, ServerSnapshot.from_list(ServerList((), 0, (), 0.0), 0.0))
+            if match.kind is MatchKind.NOT_IN_SNAPSHOT and match.provider_uuid:
+                return await self._provider_id_missing(node, view, match, {})
+            return await self._unmatched(node, view, match, ServerSnapshot((), 0.0, True))
+        listing = await self._client.list_servers(name=view.name)
+        snapshot = ServerSnapshot.from_list(listing, time.monotonic())
+        match = self._match(view, snapshot)
         if match.kind is MatchKind.FOUND and match.server is not None:
             return await self._sync(node, view, match.server, match, snapshot)
         return await self._unmatched(node, view, match, snapshot)

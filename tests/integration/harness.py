@@ -74,9 +74,16 @@ async def node_json(api: ApiClient, name: str) -> dict[str, Any]:
     return await get_node(KubeTransport(api), name)
 
 
-async def events_for(api: ApiClient, name: str) -> list[dict[str, Any]]:
-    items = (await KubeTransport(api).request(
-        "GET", "/api/v1/namespaces/default/events", query={"fieldSelector": f"involvedObject.name={name}"}))
+async def events_for(api: ApiClient, name: str, uid: str | None = None) -> list[dict[str, Any]]:
+    """Events about the *current* Node ``name`` (by uid: earlier tests may have used the same name)."""
+    kube = KubeTransport(api)
+    if uid is None:
+        try:
+            uid = (await get_node(kube, name))["metadata"]["uid"]
+        except Exception:
+            return []
+    items = await kube.request("GET", "/api/v1/namespaces/default/events",
+                               query={"fieldSelector": f"involvedObject.name={name},involvedObject.uid={uid}"})
     return [e for e in items.get("items", []) if isinstance(e, dict)]
 
 
@@ -86,3 +93,22 @@ def taint_keys(node: dict[str, Any]) -> set[str]:
 
 def addresses(node: dict[str, Any]) -> set[tuple[str, str]]:
     return {(a["type"], a["address"]) for a in (node.get("status") or {}).get("addresses") or []}
+
+
+CLIENT_ID, CLIENT_SECRET = "cloudsigma-ccm", "ccm-client-secret-value"
+
+
+def impersonation_overrides(emulator: EmulatorServer, *, with_password: bool = True,
+                            client_secret: str = CLIENT_SECRET) -> dict[str, Any]:
+    """Settings for impersonation through the emulator's Keycloak-style token exchange."""
+    values: dict[str, Any] = {
+        "impersonation_enabled": True,
+        "oauth_url": emulator.realm_url(),
+        "client_id": CLIENT_ID,
+        "client_secret": client_secret,
+        "user_email": ALICE,
+        "impersonation_api_url": emulator.api_url,
+    }
+    if not with_password:
+        values.update(username=None, password=None)
+    return values

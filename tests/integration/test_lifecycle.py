@@ -1,0 +1,191 @@
+"""Node lifecycle against the real kube-apiserver: shutdown taint, and deletion only on proof."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client import ApiClient
+
+from ccm.kube.errors import KubeNotFound
+from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
+from tests.integration.harness import (
+    ALICE,
+    BOB,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    events_for,
+    impersonation_overrides,
+    node_json,
+    running_ccm,
+    taint_keys,
+    two_users,
+)
+from tests.realenv.kubeapiserver import KubeAPIServer
+from tests.realenv.nodes import register_node, set_ready, wait_for
+
+SHUTDOWN = "node.cloudprovider.kubernetes.io/shutdown"
+pytestmark = pytest.mark.usefixtures("clean_nodes")
+FAST = {"node_monitor_period": "0.3s", "node_deletion_grace_period": "0s", "server_cache_max_age": "0.2s",
+        "api_retry_attempts": 2, "http_timeout": "1s"}
+
+
+@pytest.fixture
+def world(emulator_state: EmulatorState) -> EmulatorState:
+    two_users(emulator_state)
+    emulator_state.add_client(CLIENT_ID, CLIENT_SECRET, may_exchange=True)
+    return emulator_state
+
+
+async def exists(api: ApiClient, name: str) -> bool:
+    try:
+        await node_json(api, name)
+        return True
+    except KubeNotFound:
+        return False
+
+
+async def test_shutdown_taint_added_and_removed(world: EmulatorState, emulator: EmulatorServer,
+                                                kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "sleepy", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "sleepy", provider_id=f"cloudsigma://{server['uuid']}", taint=False)
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST):
+        world.set_status(server["uuid"], "stopped")
+        await set_ready(kube_api, "sleepy", False)
+
+        async def tainted() -> bool:
+            return SHUTDOWN in taint_keys(await node_json(kube_api, "sleepy"))
+
+        await wait_for(tainted, 10)
+        world.set_status(server["uuid"], "running")
+        await set_ready(kube_api, "sleepy", True)
+
+        async def untainted() -> bool:
+            return SHUTDOWN not in taint_keys(await node_json(kube_api, "sleepy"))
+
+        await wait_for(untainted, 10)
+    assert await exists(kube_api, "sleepy")  # a stopped server is not a deleted one
+
+
+async def test_deleted_after_grace_on_fresh_404(world: EmulatorState, emulator: EmulatorServer,
+                                                kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "gone", nics=[public_dhcp_nic("auto")])
+    registered = await register_node(kube_api, "gone", provider_id=f"cloudsigma://{server['uuid']}", taint=False,
+                                     ready=False)
+    world.remove_server(server["uuid"])
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
+        await wait_for(lambda: ccm.parts.lifecycle.deleted, 15)
+    assert not await exists(kube_api, "gone")
+    events = [e for e in await events_for(kube_api, "gone", uid=registered.metadata.uid)
+              if e["reason"] == "DeletingNode"]
+    assert events and "404" in events[0]["message"]
+    assert world.counters["GET /servers/{uuid}/"] >= 1
+
+
+async def test_no_deletion_while_grace_period_runs(world: EmulatorState, emulator: EmulatorServer,
+                                                   kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "patient", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "patient", provider_id=f"cloudsigma://{server['uuid']}", taint=False, ready=False)
+    world.remove_server(server["uuid"])
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator,
+                           **(FAST | {"node_deletion_grace_period": "1h"})):
+        await asyncio.sleep(2)
+    assert await exists(kube_api, "patient")
+
+
+def _forbidden(world: EmulatorState, uuid: str) -> None:
+    world.transfer_server(uuid, BOB)
+
+
+def _rate_limited(world: EmulatorState, uuid: str) -> None:
+    world.rate_limit_next(None, retry_after=1, path_prefix="/servers/")
+
+
+def _server_errors(world: EmulatorState, uuid: str) -> None:
+    world.remove_server(uuid)
+    world.fail_next(None, status=503, path_prefix="/servers/")
+
+
+def _timeouts(world: EmulatorState, uuid: str) -> None:
+    world.remove_server(uuid)
+    world.hang_next(None, path_prefix="/servers/")
+
+
+def _unauthorized(world: EmulatorState, uuid: str) -> None:
+    world.remove_server(uuid)
+    world.users[ALICE.lower()].password = "changed-password"
+
+
+@pytest.mark.parametrize("fault", [_forbidden, _rate_limited, _server_errors, _timeouts, _unauthorized],
+                         ids=["403", "429", "5xx", "timeout", "401"])
+async def test_never_deleted_without_proof(world: EmulatorState, emulator: EmulatorServer,
+                                           kube_apiserver: KubeAPIServer, kube_api: ApiClient, fault: Any) -> None:
+    server = world.add_server(ALICE, "keep-me", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "keep-me", provider_id=f"cloudsigma://{server['uuid']}", taint=False, ready=False)
+    fault(world, server["uuid"])
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
+        await asyncio.sleep(3)
+        assert not ccm.parts.lifecycle.deleted
+    world.clear_faults()
+    assert await exists(kube_api, "keep-me")
+
+
+async def test_partial_listing_is_no_proof(world: EmulatorState, emulator: EmulatorServer,
+                                           kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    # A node without providerID can only be proven gone by complete listings; a page fails every time.
+    for i in range(25):
+        world.add_server(ALICE, f"other-{i}", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "no-pid", taint=False, ready=False)
+    world.fail_page(10, status=500, n=None)
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, api_page_size=10, **FAST) as ccm:
+        await asyncio.sleep(3)
+        assert not ccm.parts.lifecycle.deleted
+    assert await exists(kube_api, "no-pid")
+
+
+async def test_absent_from_two_complete_listings_is_proof(world: EmulatorState, emulator: EmulatorServer,
+                                                          kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    world.add_server(ALICE, "someone-else", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "orphan", taint=False, ready=False)
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
+        await wait_for(lambda: ccm.parts.lifecycle.deleted, 15)
+    assert not await exists(kube_api, "orphan")
+
+
+async def test_404_through_a_fallback_credential_is_no_proof(world: EmulatorState, emulator: EmulatorServer,
+                                                             kube_apiserver: KubeAPIServer,
+                                                             kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "fallback", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "fallback", provider_id=f"cloudsigma://{server['uuid']}", taint=False, ready=False)
+    world.remove_server(server["uuid"])
+    # impersonation is preferred but refused (wrong client secret): the password fallback answers 404
+    overrides = FAST | impersonation_overrides(emulator, client_secret="wrong-secret-value")
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **overrides) as ccm:
+        await asyncio.sleep(3)
+        assert not ccm.parts.lifecycle.deleted
+        assert world.counters["GET /servers/{uuid}/"] >= 1  # it did look, through the fallback
+    assert await exists(kube_api, "fallback")
+
+
+async def test_deletion_can_be_switched_off(world: EmulatorState, emulator: EmulatorServer,
+                                            kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "kept", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "kept", provider_id=f"cloudsigma://{server['uuid']}", taint=False, ready=False)
+    world.remove_server(server["uuid"])
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, node_deletion_enabled=False, **FAST):
+        await asyncio.sleep(2)
+    assert await exists(kube_api, "kept")
+
+
+async def test_healthy_cluster_costs_no_lifecycle_calls(world: EmulatorState, emulator: EmulatorServer,
+                                                        kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "healthy", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "healthy", provider_id=f"cloudsigma://{server['uuid']}", taint=False)
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, node_status_update_frequency="1h",
+                           **FAST):
+        await asyncio.sleep(1)
+        before = sum(world.counters[k] for k in ("GET /servers/detail/", "GET /servers/{uuid}/"))
+        await asyncio.sleep(2)  # ~6 monitor periods
+        after = sum(world.counters[k] for k in ("GET /servers/detail/", "GET /servers/{uuid}/"))
+    assert after == before
