@@ -59,11 +59,12 @@ class Metrics:
         self.cloud_latency.labels(record.endpoint, record.method).observe(record.duration)
 
     def credential_event(self, event: str, provider: str) -> None:
-        """Hook for the credential cache/chain: hit, miss, refresh, acquired, failed, fallback:<reason>."""
-        if event in ("hit", "miss", "refresh"):
+        """Hook for the credential cache and chain: hit/miss/refresh/expired/coalesced/backoff (cache),
+        stored/error (an acquisition's result), fallback:<reason> (the chain moved past a provider)."""
+        if event in ("hit", "miss", "refresh", "expired", "coalesced", "backoff"):
             self.token_cache.labels(event, provider).inc()
-        elif event in ("acquired", "failed"):
-            self.token_acquisitions.labels(provider, "success" if event == "acquired" else "error").inc()
+        elif event in ("stored", "error"):
+            self.token_acquisitions.labels(provider, "success" if event == "stored" else "error").inc()
         elif event.startswith("fallback"):
             self.credential_fallbacks.labels(provider, event.partition(":")[2] or "error").inc()
 

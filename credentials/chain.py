@@ -75,6 +75,8 @@ class CredentialChain:
             raise ValueError(f"a credential provider is listed twice: {', '.join(names)}")
         self._providers = list(providers)
         self.cache = cache
+        #: Optional ``on_event(event, provider)`` hook for metrics; ``fallback:<reason>`` when falling back.
+        self.on_event: Callable[[str, str], None] | None = cache.on_event
         self.allow_fallback_on_forbidden = allow_fallback_on_forbidden
         self._log: Any = logger if logger is not None else structlog.get_logger(__name__)
         self._clock = clock
@@ -245,6 +247,11 @@ class CredentialChain:
                               credential_provider=identity.provider, region=region)
 
     def _note_failure(self, name: str, email: str, region: str, exc: CredentialError, following: str | None) -> None:
+        if following is not None and self.on_event is not None:
+            try:
+                self.on_event(f"fallback:{exc.reason}", name)  # every fallback counts; the log says it once
+            except Exception:  # a metrics hook must never break credentials
+                self._log.debug("credential_event_hook_failed")
         key = (name, email, region)
         episode = self._episodes.get(key)
         fields = {"credential_provider": name, "reason": exc.reason, "message": exc.message,

@@ -246,7 +246,8 @@ class KubeAPIServer:
         self.stop_timeout = stop_timeout
         self._base_dir = Path(base_dir) if base_dir is not None else None
 
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # lifecycle (start/stop/restart)
+        self._kc_lock = threading.Lock()  # kubeconfig minting; not blocked by a restart in progress
         self._work_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -420,8 +421,8 @@ class KubeAPIServer:
 
         The serving CA, client certificate and key are embedded; the server is ``self.url``.
         """
-        with self._lock:
-            if self._client_ca is None:
+        with self._kc_lock:
+            if self._client_ca is None or self._serving_ca_pem is None:
                 raise KubeAPIServerError(f"{self.name}: not started")
             key_ = (user, tuple(groups))
             existing = self._kubeconfigs.get(key_)

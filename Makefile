@@ -1,0 +1,43 @@
+# cloudsigma-ccm — the targets the README names.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup realenv lint test unit demo bench clean
+
+## setup: a virtualenv with the package and its dev tools
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## realenv: build the test kube-apiserver (Go module proxy) and fetch Keycloak (Maven Central), cached per machine
+realenv:
+	bash scripts/build-kube-apiserver.sh
+	bash scripts/fetch-keycloak.sh
+
+## lint: ruff and mypy --strict
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## test: everything CI runs — set up, prepare the real parts, lint, and the whole suite against them
+test: setup realenv lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+## unit: only the fast tests without real parts
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+## demo: a kube-apiserver, Keycloak and the emulator with a handful of tainted nodes, and the CCM initializing them
+demo: setup realenv
+	$(BIN)/python -m tests.demo
+
+## bench: the benchmark (see docs/benchmarks.md)
+bench: setup realenv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
