@@ -196,6 +196,14 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an email address")
         return value or None
 
+    @field_validator("leader_elect_resource_name")
+    @classmethod
+    def _lease_name(cls, value: str) -> str:
+        dns_subdomain = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+        if not re.fullmatch(dns_subdomain, value) or len(value) > 253:
+            raise ValueError(f"{value!r} is not a valid Lease name (lower-case letters, digits, '-' and '.')")
+        return value
+
     @field_validator("impersonation_strategy")
     @classmethod
     def _strategy(cls, value: str) -> str:

@@ -25,7 +25,7 @@ from ccm.kube.clients import api_client, in_cluster_namespace
 from ccm.kube.events import EventRecorder
 from ccm.kube.transport import KubeTransport
 from ccm.kube.watching import NodeWatcher
-from ccm.leader import LeaderLost, default_identity, run_as_leader
+from ccm.leader import LeaderLost, LeaseElector, default_identity, run_as_leader
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
 from ccm.nodes.apply import NodeApplier
@@ -168,16 +168,19 @@ async def run(settings: Settings, redactor: Redactor) -> int:
         parts.metrics.leader.set(1 if leading else 0)
 
     management: ApiClient | None = None
+    elector: LeaseElector | None = None
     if settings.leader_elect:
         management = await api_client(settings.leader_elect_kubeconfig)
         namespace = (settings.leader_elect_resource_namespace or os.environ.get("POD_NAMESPACE")
                      or in_cluster_namespace() or "default")
-        main: Any = run_as_leader(
-            management, name=settings.leader_elect_resource_name, namespace=namespace,
+        elector = LeaseElector(
+            KubeTransport(management, timeout=settings.leader_elect_renew_deadline),
+            name=settings.leader_elect_resource_name, namespace=namespace,
             identity=settings.leader_elect_identity or default_identity(),
             lease_duration=settings.leader_elect_lease_duration, renew_deadline=settings.leader_elect_renew_deadline,
-            retry_period=settings.leader_elect_retry_period, lead=lead, on_leading_changed=leading_changed,
+            retry_period=settings.leader_elect_retry_period,
         )
+        main: Any = run_as_leader(elector, lead=lead, on_leading_changed=leading_changed)
     else:
         main = lead()
     log.info("ccm_starting", region=settings.region, cs_user=settings.user_email, cluster=settings.cluster_name,
@@ -204,6 +207,8 @@ async def run(settings: Settings, redactor: Redactor) -> int:
         for task in (main_task, stop_task):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if elector is not None and exit_code == 0:
+            await elector.release()
         if runner is not None:
             await runner.cleanup()
         await parts.close()

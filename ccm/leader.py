@@ -1,21 +1,30 @@
-"""Lease-based leader election in the management cluster (kubernetes-asyncio's implementation).
+"""Lease-based leader election in the management cluster.
 
-Only the leader reconciles. Losing the lease raises :class:`LeaderLost`, which the daemon turns into a
-non-zero exit so the Deployment restarts the pod as a follower (no half-stopped controllers linger).
+Semantics of client-go's leaderelection: a candidate takes the Lease when it is free or its holder has not
+renewed it for ``lease_duration`` (judged by *our* clock since we last saw the record change, so clock skew
+between replicas does not matter); the leader renews every ``retry_period`` and gives up when no renewal
+succeeded for ``renew_deadline``. API errors count as failed attempts, not crashes: a short outage of the
+management API does not restart the leader. Losing the lease raises :class:`LeaderLost`, which the daemon
+turns into a non-zero exit so the Deployment restarts the pod (no half-stopped controllers linger).
+On a clean shutdown the lease is released so a standby takes over at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
+import random
 import socket
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
-from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+
+from ccm.kube.errors import Conflict, KubeError, KubeNotFound
+from ccm.kube.transport import JSON, KubeTransport
 
 log = structlog.get_logger(__name__)
 
@@ -28,44 +37,136 @@ def default_identity() -> str:
     return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
+def _micro_time() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseElector:
+    def __init__(self, kube: KubeTransport, *, name: str, namespace: str, identity: str, lease_duration: float,
+                 renew_deadline: float, retry_period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._kube = kube
+        self.name = name
+        self.namespace = namespace
+        self.identity = identity
+        self._duration = lease_duration
+        self._deadline = renew_deadline
+        self._retry = retry_period
+        self._clock = clock
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+        self.leading = False
+
+    @property
+    def _path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{self.name}"
+
+    def _spec(self, previous: dict[str, Any] | None) -> dict[str, Any]:
+        now = _micro_time()
+        taking_over = previous is None or previous.get("holderIdentity") != self.identity
+        transitions = int((previous or {}).get("leaseTransitions") or 0) + (1 if previous and taking_over else 0)
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": max(1, int(self._duration)),
+            "acquireTime": now if taking_over else (previous or {}).get("acquireTime", now),
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+
+    async def try_acquire_or_renew(self) -> bool:
+        try:
+            lease = await self._kube.request("GET", self._path)
+        except KubeNotFound:
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(None)}
+            try:
+                await self._kube.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases",
+                                         body=body)
+                return True
+            except KubeError as exc:
+                log.debug("lease_create_failed", **exc.log_fields())
+                return False
+        except KubeError as exc:
+            log.debug("lease_get_failed", **exc.log_fields())
+            return False
+        spec: dict[str, Any] = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        record = (holder, spec.get("renewTime"), spec.get("leaseTransitions"))
+        now = self._clock()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        if holder and holder != self.identity and now < self._observed_at + self._duration:
+            return False  # somebody else holds a live lease
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": lease.get("metadata") or {},
+                "spec": self._spec(spec if holder else None)}
+        try:
+            updated: JSON = await self._kube.request("PUT", self._path, body=body)
+        except (Conflict, KubeError) as exc:
+            log.debug("lease_update_failed", **exc.log_fields())
+            return False
+        new_spec = updated.get("spec") or {}
+        self._observed = (new_spec.get("holderIdentity"), new_spec.get("renewTime"), new_spec.get("leaseTransitions"))
+        self._observed_at = self._clock()
+        return True
+
+    async def acquire(self) -> None:
+        while True:
+            if await self.try_acquire_or_renew():
+                self.leading = True
+                return
+            await asyncio.sleep(self._retry * (1 + 0.2 * random.random()))
+
+    async def keep(self) -> None:
+        """Renew until it fails for ``renew_deadline``; then raise :class:`LeaderLost`."""
+        last_ok = self._clock()
+        while True:
+            await asyncio.sleep(self._retry)
+            if await self.try_acquire_or_renew():
+                last_ok = self._clock()
+            elif self._clock() - last_ok >= self._deadline:
+                self.leading = False
+                raise LeaderLost(f"lease {self.namespace}/{self.name} not renewed for {self._deadline:g}s")
+
+    async def release(self) -> None:
+        """Give the lease up (clean shutdown) so a standby need not wait for it to expire."""
+        if not self.leading:
+            return
+        with contextlib.suppress(KubeError):
+            lease = await self._kube.request("GET", self._path)
+            spec = dict(lease.get("spec") or {})
+            if spec.get("holderIdentity") == self.identity:
+                spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time())
+                await self._kube.request("PUT", self._path, body={**lease, "spec": spec}, timeout=5)
+                log.info("leader_released", identity=self.identity, lease=f"{self.namespace}/{self.name}")
+        self.leading = False
+
+
 async def run_as_leader(
-    api_client: ApiClient,
+    elector: LeaseElector,
     *,
-    name: str,
-    namespace: str,
-    identity: str,
-    lease_duration: float,
-    renew_deadline: float,
-    retry_period: float,
-    lead: Callable[[], Awaitable[None]],
+    lead: Callable[[], Coroutine[Any, Any, None]],
     on_leading_changed: Callable[[bool], None] | None = None,
 ) -> None:
-    """Wait for the lease, run ``lead()`` while holding it; raise :class:`LeaderLost` when it is lost."""
-    logging.getLogger("kubernetes_asyncio.leaderelection").setLevel(logging.WARNING)
-    lock = LeaseLock(name, namespace, identity, api_client)
-    lead_task: asyncio.Task[None] | None = None
-    lost = asyncio.Event()
-
-    async def started() -> None:
-        nonlocal lead_task
-        log.info("leader_elected", identity=identity, lease=f"{namespace}/{name}")
-        if on_leading_changed:
-            on_leading_changed(True)
-        lead_task = asyncio.current_task()
-        await lead()
-
-    async def stopped() -> None:
-        log.error("leader_lost", identity=identity, lease=f"{namespace}/{name}")
-        if on_leading_changed:
-            on_leading_changed(False)
-        lost.set()
-
-    config = electionconfig.Config(
-        lock, lease_duration=lease_duration, renew_deadline=renew_deadline, retry_period=retry_period,
-        onstarted_leading=started, onstopped_leading=stopped,
-    )
-    log.info("leader_election_waiting", identity=identity, lease=f"{namespace}/{name}")
-    election = leaderelection.LeaderElection(config)
-    await election.run()
-    if lost.is_set() or lead_task is not None:
-        raise LeaderLost(f"lease {namespace}/{name} lost by {identity}")
+    """Wait for the lease, then run ``lead()`` while renewing it; raise :class:`LeaderLost` when it is lost."""
+    lease = f"{elector.namespace}/{elector.name}"
+    log.info("leader_election_waiting", identity=elector.identity, lease=lease)
+    await elector.acquire()
+    log.info("leader_elected", identity=elector.identity, lease=lease)
+    if on_leading_changed:
+        on_leading_changed(True)
+    keeper = asyncio.create_task(elector.keep(), name="lease-renewal")
+    leader = asyncio.create_task(lead(), name="leader-work")
+    try:
+        done, _ = await asyncio.wait({keeper, leader}, return_when=asyncio.FIRST_COMPLETED)
+        if keeper in done:
+            exc = keeper.exception()
+            log.error("leader_lost", identity=elector.identity, lease=lease, reason=str(exc))
+            if on_leading_changed:
+                on_leading_changed(False)
+            raise exc if exc is not None else LeaderLost(lease)
+        leader.result()  # the work ended (shutdown) or failed: propagate
+    finally:
+        for task in (keeper, leader):
+            task.cancel()
+        for task in (keeper, leader):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

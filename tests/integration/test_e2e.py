@@ -5,6 +5,7 @@ from the real Keycloak's exchange, against the CloudSigma emulator trusting that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -61,10 +62,8 @@ async def tenant_rbac(kube_api: ApiClient) -> AsyncIterator[None]:
         paths.append(f"{path}/{obj['metadata']['name']}")
     yield
     for path in paths:
-        try:
+        with contextlib.suppress(Exception):
             await kube.request("DELETE", path)
-        except Exception:
-            pass
 
 
 @pytest.fixture
@@ -130,7 +129,7 @@ async def test_subprocess_initializes_node_through_real_keycloak_with_tenant_rba
                 return node if UNINIT not in taint_keys(node) else None
 
             node = await wait_for(initialized, 60)
-            status, ready = await wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz"), 10)
+            status, _ready = await wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz"), 10)
             assert status == 200
             _, metrics = await http_get(f"http://127.0.0.1:{port}/metrics")
             proc.send_signal(signal.SIGTERM)

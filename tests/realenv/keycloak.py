@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import secrets
 import shutil
 import signal
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +68,7 @@ _JVM_OPTIONS = (
     "-XX:MetaspaceSize=96M -XX:MaxMetaspaceSize=256m -Dfile.encoding=UTF-8 -XX:+ExitOnOutOfMemoryError "
     "-Djava.security.egd=file:/dev/urandom -Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 )
+_PR_SET_PDEATHSIG = 1
 # Environment variables of the caller that would change how kc.sh/Keycloak run.
 _SCRUBBED_ENV = re.compile(r"^(KC_|KEYCLOAK_|QUARKUS_|JAVA_OPTS|JAVA_ADD_OPENS|JAVA_LOCALE|JAVA_HOME$)")
 
@@ -132,6 +135,16 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies (kc.sh forwards it to the JVM).
+
+    Keeps a killed or crashed pytest from leaving a JVM behind that holds its ports.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Keycloak:
@@ -218,7 +231,10 @@ class Keycloak:
             self._prepare_work_dir(self._home)
         for attempt in range(3 if first else 1):
             if first:
-                self.http_port, self.management_port = _free_port(), _free_port()
+                self.http_port = _free_port()
+                self.management_port = _free_port()
+                while self.management_port == self.http_port:
+                    self.management_port = _free_port()
             try:
                 await self._launch()
                 break
@@ -299,6 +315,8 @@ class Keycloak:
         env = {k: v for k, v in os.environ.items() if not _SCRUBBED_ENV.match(k)}
         jvm = [
             _JVM_OPTIONS,
+            # The dev-file database is ${kc.db-url-path:${kc.home.dir}}/data/h2/keycloakdb (Keycloak's
+            # Database.java): put it, and the transaction log, in the work dir rather than in the shared home.
             f"-Dkc.db-url-path={self.work_dir}",
             f"-Dquarkus.transaction-manager.object-store.directory={self.work_dir / 'transaction-logs'}",
             f"-Djava.io.tmpdir={self.work_dir / 'tmp'}",
@@ -320,7 +338,7 @@ class Keycloak:
             self._proc = await asyncio.create_subprocess_exec(
                 *self._command(), env=self._environment(), cwd=self.work_dir,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_terminate_with_parent,
             )
         try:
             await self._wait_ready()

@@ -67,6 +67,7 @@ def test_secret_from_file(env, tmp_path: Path) -> None:  # type: ignore[no-untyp
         ({"CLOUDSIGMA_REGION": "zrh"}, "no credentials configured"),
         ({"CLOUDSIGMA_USERNAME": "a@b.c", "CLOUDSIGMA_PASSWORD": "x"}, "--region"),
         (BASE | {"CLOUDSIGMA_CONCURRENT_NODE_SYNCS": "0"}, "--concurrent-node-syncs"),
+        (BASE | {"CLOUDSIGMA_LEADER_ELECT_RESOURCE_NAME": "Bad_Name"}, "--leader-elect-resource-name"),
     ],
 )
 def test_invalid_configuration_exit_2_one_line(env, capsys, values, setting) -> None:  # type: ignore[no-untyped-def]
