@@ -1,0 +1,90 @@
+"""Both impersonation strategies end in a server list in the impersonated user's account (emulator)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ccm.config import load_settings
+from cloudsigma.client import CloudSigmaClient
+from cloudsigma.errors import PermissionDenied
+from credentials.factory import build_chain
+from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
+from tests.integration.harness import ALICE, ALICE_PW, BOB, CLIENT_ID, CLIENT_SECRET, two_users
+
+
+@pytest.fixture
+def world(emulator_state: EmulatorState) -> EmulatorState:
+    two_users(emulator_state)
+    emulator_state.add_client(CLIENT_ID, CLIENT_SECRET, may_impersonate=True, may_exchange=True)
+    emulator_state.add_server(ALICE, "alice-1", nics=[public_dhcp_nic("auto")])
+    emulator_state.add_server(ALICE, "alice-2", nics=[public_dhcp_nic("auto")])
+    emulator_state.add_server(BOB, "bob-1", nics=[public_dhcp_nic("auto")])
+    return emulator_state
+
+
+def settings_for(emulator: EmulatorServer, strategy: str, **extra: object) -> dict[str, object]:
+    values: dict[str, object] = {
+        "region": "zrh", "impersonation_enabled": True, "impersonation_strategy": strategy,
+        "oauth_url": emulator.base_url, "oauth_realm": "cloudsigma", "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET, "user_email": ALICE, "impersonation_api_url": emulator.api_url,
+        "service_provider_url": f"{emulator.base_url}/service_provider/api/v1/",
+        "username": ALICE, "password": ALICE_PW, "api_url": emulator.api_url,
+    }
+    values.update(extra)
+    return values
+
+
+@pytest.mark.parametrize("strategy", ["keycloak-token-exchange", "cloudsigma-service-provider"])
+async def test_strategy_lists_the_users_servers(world: EmulatorState, emulator: EmulatorServer,
+                                                strategy: str) -> None:
+    settings = load_settings(settings_for(emulator, strategy))
+    chain = build_chain(settings)
+    client = CloudSigmaClient(chain, user_email=ALICE, region="zrh")
+    try:
+        # many concurrent first calls: exactly one token acquisition (single-flight)
+        listings = await asyncio.gather(*(client.list_servers() for _ in range(50)))
+    finally:
+        await client.close()
+        await chain.aclose()
+    assert all({s.name for s in listing.servers} == {"alice-1", "alice-2"} for listing in listings)
+    assert all(listing.provider == strategy for listing in listings)
+    api_calls = [r for r in world.requests if r.path.startswith("/api/2.0/servers")]
+    assert api_calls and all(r.auth_kind == "bearer" and r.user == ALICE for r in api_calls)
+    if strategy == "keycloak-token-exchange":
+        assert world.counters["token:token-exchange"] == 1
+    else:
+        assert world.counters["token:client_credentials"] == 1
+        assert world.counters["token:uma-ticket"] == 1
+        assert world.counters["token:impersonate"] == 1
+
+
+async def test_forbidden_with_impersonated_token_is_not_retried_with_password(
+        world: EmulatorState, emulator: EmulatorServer) -> None:
+    bobs = next(s for s in world.servers_of(BOB))
+    settings = load_settings(settings_for(emulator, "keycloak-token-exchange"))
+    chain = build_chain(settings)
+    client = CloudSigmaClient(chain, user_email=ALICE, region="zrh")
+    try:
+        with pytest.raises(PermissionDenied) as denied:
+            await client.get_server(bobs["uuid"])
+    finally:
+        await client.close()
+        await chain.aclose()
+    assert denied.value.context.provider == "keycloak-token-exchange"
+    assert denied.value.context.token_subject == world.get_user(ALICE).uuid
+    assert not [r for r in world.requests if r.auth_kind == "basic"]  # no silent retry as the password user
+
+
+async def test_fallback_to_password_when_exchange_refused(world: EmulatorState, emulator: EmulatorServer) -> None:
+    settings = load_settings(settings_for(emulator, "keycloak-token-exchange", client_secret="wrong-secret-x"))
+    chain = build_chain(settings)
+    client = CloudSigmaClient(chain, user_email=ALICE, region="zrh")
+    try:
+        listing = await client.list_servers()
+    finally:
+        await client.close()
+        await chain.aclose()
+    assert listing.provider == "password"
+    assert {s.name for s in listing.servers} == {"alice-1", "alice-2"}
