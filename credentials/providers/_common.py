@@ -7,8 +7,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from credentials.base import CredentialNotConfigured, CredentialRejected, CredentialUnavailable
-from credentials.claims import decode_claims
+from credentials.base import (
+    Credential,
+    CredentialNotConfigured,
+    CredentialRejected,
+    CredentialUnavailable,
+    Identity,
+)
+from credentials.claims import decode_claims, expiry_from, loggable_claims
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 UMA_TICKET_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
@@ -59,3 +65,17 @@ def access_token_from(data: Mapping[str, Any], *, provider: str, user: str | Non
         raise CredentialRejected(f"{what} returned a token of type {token_type[:40]!r}, not a Bearer access "
                                  "token", provider=provider, user=user, reason="wrong_token_type")
     return token, claims
+
+
+def impersonated_credential(data: Mapping[str, Any], *, provider: str, user: str, api_url_template: str, now: float,
+                            what: str) -> Credential:
+    """The bearer credential of an impersonation answer (``access_token`` + ``expires_in``/``exp``)."""
+    token, claims = access_token_from(data, provider=provider, user=user, what=what)
+    return Credential(
+        scheme="bearer",
+        secret=SecretStr(token),
+        api_url_template=api_url_template,
+        identity=Identity(provider=provider, user=user, claims=loggable_claims(claims), requested_subject=user),
+        expires_at=expiry_from(now, expires_in=data.get("expires_in"), claims=claims),
+        impersonated=True,
+    )

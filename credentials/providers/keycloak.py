@@ -19,8 +19,7 @@ import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
-from credentials.base import Credential, CredentialError, Identity
-from credentials.claims import expiry_from, loggable_claims
+from credentials.base import Credential, CredentialError
 from credentials.config_protocol import (
     DEFAULT_HTTP_TIMEOUT,
     DEFAULT_IMPERSONATION_API_URL,
@@ -35,7 +34,7 @@ from credentials.http import HttpClient, HttpErrorInfo
 from credentials.providers._common import (
     ACCESS_TOKEN_TYPE,
     TOKEN_EXCHANGE_GRANT,
-    access_token_from,
+    impersonated_credential,
     require,
     require_secret,
 )
@@ -137,17 +136,8 @@ class KeycloakTokenExchangeProvider:
         now = self._clock()
         data = await self._http.post_form(endpoint, form, what="Keycloak token exchange", user=user_email,
                                           explain=self._explain(user_email))
-        token, claims = access_token_from(data, provider=self.name, user=user_email,
-                                          what="Keycloak token exchange")
-        return Credential(
-            scheme="bearer",
-            secret=SecretStr(token),
-            api_url_template=self.api_url_template,
-            identity=Identity(provider=self.name, user=user_email, claims=loggable_claims(claims),
-                              requested_subject=user_email),
-            expires_at=expiry_from(now, expires_in=data.get("expires_in"), claims=claims),
-            impersonated=True,
-        )
+        return impersonated_credential(data, provider=self.name, user=user_email,
+                                       api_url_template=self.api_url_template, now=now, what="Keycloak token exchange")
 
     def _explain(self, user: str) -> Callable[[HttpErrorInfo], CredentialError | None]:
         client = self.client_id

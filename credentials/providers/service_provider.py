@@ -34,7 +34,13 @@ from credentials.config_protocol import (
     str_setting,
 )
 from credentials.http import HttpClient, HttpErrorInfo
-from credentials.providers._common import UMA_TICKET_GRANT, access_token_from, require, require_secret
+from credentials.providers._common import (
+    UMA_TICKET_GRANT,
+    access_token_from,
+    impersonated_credential,
+    require,
+    require_secret,
+)
 
 __all__ = ["ServiceProviderProvider", "from_settings"]
 
@@ -125,17 +131,9 @@ class ServiceProviderProvider:
             if exc.reason == "service_token_refused":
                 self.forget_service_tokens(region)
             raise
-        token, claims = access_token_from(data, provider=self.name, user=user_email,
-                                          what="CloudSigma service-provider impersonation")
-        return Credential(
-            scheme="bearer",
-            secret=SecretStr(token),
-            api_url_template=self.api_url_template,
-            identity=Identity(provider=self.name, user=user_email, claims=loggable_claims(claims),
-                              requested_subject=user_email),
-            expires_at=expiry_from(now, expires_in=data.get("expires_in"), claims=claims),
-            impersonated=True,
-        )
+        return impersonated_credential(data, provider=self.name, user=user_email,
+                                       api_url_template=self.api_url_template, now=now,
+                                       what="CloudSigma service-provider impersonation")
 
     async def _client_credentials(self, region: str) -> Credential:
         assert self.token_endpoint is not None
