@@ -77,6 +77,7 @@ class NodeWatcher:
                 if resource_version is None:
                     resource_version = await self._relist()
                 resource_version = await self._watch(resource_version)
+                self.last_activity = time.monotonic()  # a watch that ran its course is a healthy watch
                 backoff = 0.5
             except Gone:
                 log.info("node_watch_expired", reason="410 Gone: relisting")

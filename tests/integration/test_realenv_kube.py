@@ -133,7 +133,7 @@ async def test_rbac_denies_unprivileged_identity(kube_apiserver: KubeAPIServer, 
         with pytest.raises(ApiException) as excinfo:
             await CoreV1Api(limited).list_node()
         assert excinfo.value.status == 403
-        assert 'User "limited" cannot list' in json.loads(excinfo.value.body)["message"]
+        assert 'User "limited" cannot list' in json.loads(excinfo.value.body or "{}")["message"]
 
         # Granting the permission through RBAC makes the same identity succeed: it is authenticated
         # as "limited" and authorised by RBAC, not rejected wholesale.
