@@ -26,6 +26,15 @@ _PATTERNS = (
 )
 
 
+_HINTS = ("bearer", "basic", "eyj", "secret", "password", "passwd", "token", "://")
+
+
+def _may_hold_secret(text: str) -> bool:
+    """Cheap pre-check so the regular expressions only run on strings that could match one of them."""
+    lowered = text.lower()
+    return any(hint in lowered for hint in _HINTS)
+
+
 class Redactor:
     """Removes secrets from log events. Thread-safe; secrets can be added at run time (new tokens)."""
 
@@ -47,6 +56,8 @@ class Redactor:
         for secret in secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if not _may_hold_secret(text):
+            return text  # the hot path: most log strings are names, uuids and numbers
         for pattern in _PATTERNS:
             if pattern.groups >= 2:
                 text = pattern.sub(lambda m: m.group(1) + REDACTED + (m.group(3) if m.lastindex == 3 else ""), text)
