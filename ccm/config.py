@@ -10,14 +10,15 @@ Secrets may also come from files: ``CLOUDSIGMA_CLIENT_SECRET_FILE``, ``CLOUDSIGM
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IMPERSONATION_STRATEGIES = ("keycloak-token-exchange", "cloudsigma-service-provider")
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*"
@@ -103,7 +104,7 @@ class Settings(BaseSettings):
     static_token_impersonated: bool = Field(False, description="The static token is an impersonated token.")
 
     # -- credential chain --
-    credential_chain: list[str] = Field(
+    credential_chain: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Provider names in order (comma-separated). Default: impersonation strategy, static-token, "
         "password — each only when configured.",
@@ -171,7 +172,22 @@ class Settings(BaseSettings):
     @classmethod
     def _chain(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    raise ValueError("is not a JSON list; write it as a comma-separated list of provider names") from None
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            from credentials.registry import known_providers
+
+            known = known_providers()
+            unknown = [name for name in value if name not in known]
+            if unknown:
+                raise ValueError(f"names unknown provider(s) {', '.join(map(repr, unknown))}; "
+                                 f"known providers: {', '.join(sorted(known))}")
         return value
 
     @field_validator("api_url", "impersonation_api_url", "service_provider_url")

@@ -120,9 +120,9 @@ class WorkQueue:
 
     async def get(self) -> str:
         async with self._cond:
-            while not self._queue:
+            while not self._queue or self._shutdown:
                 if self._shutdown:
-                    raise ShutDown
+                    raise ShutDown  # even with keys waiting: shutting down means taking no new work
                 await self._cond.wait()
             key = self._queue.popleft()
             self._queued.discard(key)

@@ -84,6 +84,9 @@ def server_addresses(server: Server) -> ServerAddresses:
         if not raw:
             return False
         try:
+            # A zone id ("fe80::1%eth0") is not an address another host can use, and Go's ParseIP rejects it.
+            if "%" in raw:
+                raise ValueError(raw)
             ip = ipaddress.ip_address(raw.strip())
         except ValueError:
             invalid.append(raw)

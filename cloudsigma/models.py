@@ -7,9 +7,12 @@ with the parts we understand. Use :func:`parse_server` and :func:`parse_server_l
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class _Model(BaseModel):
@@ -141,9 +144,10 @@ class Server(_Model):
     @field_validator("uuid")
     @classmethod
     def _uuid(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("empty uuid")
-        return value.strip()
+        # The uuid becomes spec.providerID, which can never change: accept only a real uuid.
+        if not _UUID.fullmatch(value.strip()):
+            raise ValueError(f"{value[:64]!r} is not a server uuid")
+        return value.strip().lower()
 
     @field_validator("name", "status", mode="before")
     @classmethod

@@ -42,6 +42,8 @@ def is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def _usable(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if "%" in text:  # zone ids are not valid Node addresses
+        return None
     try:
         ip = ipaddress.ip_address(text.strip())
     except ValueError:
@@ -76,6 +78,8 @@ def parse_provided_node_ip(value: str) -> list[ipaddress.IPv4Address | ipaddress
     ips = []
     for part in parts:
         try:
+            if "%" in part:
+                raise ValueError(part)
             ips.append(ipaddress.ip_address(part))
         except ValueError:
             raise AddressError(f"annotation alpha.kubernetes.io/provided-node-ip: {part!r} is not an IP "
@@ -154,7 +158,7 @@ def _version(text: str) -> int:
 
 def _same_ip(text: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     try:
-        return ipaddress.ip_address(text) == ip
+        return "%" not in text and ipaddress.ip_address(text) == ip
     except ValueError:
         return False
 

@@ -1,0 +1,226 @@
+"""The reliability suite's record: every case with what was injected and what was verified.
+
+Tests call :func:`record` (any number of times; the current test is found from ``PYTEST_CURRENT_TEST``); the
+plugin in ``tests/reliability/conftest.py`` adds each test's outcome and duration and, when the whole suite ran,
+writes ``docs/reliability.md`` with :func:`render_markdown`. The content is deterministic except for timings.
+
+Everything the CCM printed, served on ``/metrics`` or wrote as an Event is also collected here
+(:func:`add_text`), with every secret the suite configured or saw issued (:func:`add_secret`), so the last
+test can check that none leaked (:func:`leaks`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "reliability.md"
+
+CATEGORIES = {
+    "fault/cloudsigma": "Faults: CloudSigma API",
+    "fault/idp": "Faults: identity provider (real Keycloak)",
+    "fault/kubernetes": "Faults: Kubernetes API server (real kube-apiserver)",
+    "fault/process": "Faults: the process (subprocess daemon)",
+    "input/config": "Bad input: configuration (subprocess `cloudsigma-ccm`, exit 2 + one line)",
+    "input/cloud": "Bad input: CloudSigma data",
+    "input/properties": "Bad input: property-based tests (hypothesis) of parsers and decisions",
+    "input/kubernetes": "Bad input: Kubernetes data",
+    "secrets": "Secrets",
+}
+
+
+MODULE_CATEGORY = {
+    "test_cloud_faults.py": "fault/cloudsigma",
+    "test_idp_faults.py": "fault/idp",
+    "test_kube_faults.py": "fault/kubernetes",
+    "test_process.py": "fault/process",
+    "test_bad_config.py": "input/config",
+    "test_bad_cloud_data.py": "input/cloud",
+    "test_properties.py": "input/properties",
+    "test_bad_kube_data.py": "input/kubernetes",
+    "test_secrets.py": "secrets",
+}
+
+
+@dataclass
+class Case:
+    nodeid: str
+    category: str
+    case: str
+    injected: str
+    verified: str
+    faults: int = 0
+    bad_inputs: int = 0
+    nodes_checked: int = 0
+    nodes_lost: int = 0
+    outcome: str = "not run"
+    seconds: float = 0.0
+
+
+@dataclass
+class _Store:
+    cases: list[Case] = field(default_factory=list)
+    outcomes: dict[str, tuple[str, float]] = field(default_factory=dict)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (where, text)
+    secrets: dict[str, str] = field(default_factory=dict)  # secret -> kind
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+STORE = _Store()
+
+
+def current_nodeid() -> str:
+    raw = os.environ.get("PYTEST_CURRENT_TEST", "")
+    return raw.rsplit(" (", 1)[0] if raw else "<outside a test>"
+
+
+def record(category: str, case: str, *, injected: str, verified: str, faults: int = 0, bad_inputs: int = 0,
+           nodes_checked: int = 0, nodes_lost: int = 0) -> None:
+    """Note one case of the current test (its outcome is the test's)."""
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}")
+    with STORE.lock:
+        STORE.cases.append(Case(current_nodeid(), category, case, injected, verified, faults, bad_inputs,
+                                nodes_checked, nodes_lost))
+
+
+def lost(count: int) -> None:
+    """Nodes lost in the current test (added to its cases; call after the check)."""
+    nodeid = current_nodeid()
+    with STORE.lock:
+        mine = [c for c in STORE.cases if c.nodeid == nodeid]
+        if mine:
+            mine[-1].nodes_lost += count
+
+
+def set_outcome(nodeid: str, outcome: str, seconds: float) -> None:
+    with STORE.lock:
+        previous = STORE.outcomes.get(nodeid)
+        # setup/call/teardown: a failure in any phase wins; durations add up.
+        if previous is not None and previous[0] != "passed":
+            outcome = previous[0]
+        STORE.outcomes[nodeid] = (outcome, seconds + (previous[1] if previous else 0.0))
+
+
+def add_secret(value: str | None, kind: str) -> None:
+    """A value that must never appear in logs, events or metrics (ignored when too short to be one)."""
+    if value and len(value) >= 8:
+        with STORE.lock:
+            STORE.secrets.setdefault(value, kind)
+
+
+def add_text(where: str, text: str) -> None:
+    """Output of the CCM to check for secrets (a log, a /metrics page, event messages)."""
+    if text:
+        with STORE.lock:
+            STORE.texts.append((where, text))
+
+
+def leaks(texts: Iterable[tuple[str, str]] | None = None,
+          secrets: dict[str, str] | None = None) -> list[str]:
+    """``where: kind`` for every secret found in a text (never the secret itself)."""
+    with STORE.lock:
+        corpus = list(STORE.texts if texts is None else texts)
+        known = dict(STORE.secrets if secrets is None else secrets)
+    found = []
+    for where, text in corpus:
+        for secret, kind in known.items():
+            if secret in text:
+                found.append(f"{where}: {kind}")
+    return sorted(set(found))
+
+
+def corpus_size() -> tuple[int, int, int]:
+    with STORE.lock:
+        return len(STORE.texts), sum(len(t) for _, t in STORE.texts), len(STORE.secrets)
+
+
+def secret_kinds() -> dict[str, int]:
+    with STORE.lock:
+        kinds: dict[str, int] = {}
+        for kind in STORE.secrets.values():
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
+
+# ------------------------------------------------------------------------------------------- markdown
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _final_cases(expected: Iterable[str]) -> list[Case]:
+    with STORE.lock:
+        cases = [Case(**{k: v for k, v in c.__dict__.items()}) for c in STORE.cases]
+        outcomes = dict(STORE.outcomes)
+    seen = {c.nodeid for c in cases}
+    for nodeid in expected:  # a test that failed before it could record still gets a row
+        if nodeid not in seen:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            cases.append(Case(nodeid, MODULE_CATEGORY.get(module, "secrets"), nodeid.rsplit("::", 1)[-1],
+                              "(not recorded: the test ended before it described itself)", "-"))
+    for case in cases:
+        outcome, seconds = outcomes.get(case.nodeid, ("not run", 0.0))
+        case.outcome, case.seconds = outcome, seconds
+    return cases
+
+
+def render_markdown(expected: Iterable[str], *, total_seconds: float, command: str) -> str:
+    cases = _final_cases(expected)
+    order = list(CATEGORIES)
+    cases.sort(key=lambda c: (order.index(c.category), c.nodeid, c.case))
+    faults = sum(c.faults for c in cases)
+    bad = sum(c.bad_inputs for c in cases)
+    lost = sum(c.nodes_lost for c in cases)
+    checked = sum(c.nodes_checked for c in cases)
+    passed = sum(1 for c in cases if c.outcome == "passed")
+    failed = [c for c in cases if c.outcome != "passed"]
+    texts, _, _ = corpus_size()
+    kinds = sorted(secret_kinds())
+    lines = [
+        "# Reliability",
+        "",
+        "<!-- Generated by the reliability suite (tests/reliability/registry.py); do not edit by hand. -->",
+        "",
+        "The CCM keeps working through faults, rejects bad input clearly and leaks nothing. Every row below is a",
+        "case of the suite, run against the real parts where they matter: a real kube-apiserver (with embedded",
+        "etcd), a real Keycloak for the identity-provider cases, the CloudSigma emulator with fault injection, and",
+        "the installed `cloudsigma-ccm` console script for the process and configuration cases.",
+        "",
+        f"Regenerate with `{command}` (the file is written when the whole suite ran).",
+        "",
+        "## Summary",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Cases | {len(cases)} ({passed} passed, {len(failed)} not passed) |",
+        f"| Faults injected | {faults} |",
+        f"| Bad inputs tried | {bad} |",
+        f"| Nodes checked after faults / bad input | {checked} |",
+        f"| Nodes lost (deleted or corrupted) | {lost} |",
+        f"| Outputs checked for secrets (CCM logs, process output, Events, /metrics) | {texts}, against "
+        f"{len(kinds)} kinds of secret: {'; '.join(kinds)} |",
+        f"| Run time | {total_seconds:.0f} s |",
+        "",
+    ]
+    if failed:
+        lines += ["## Not passed", ""]
+        lines += [f"- `{c.nodeid}` — {c.case}: **{c.outcome}**" for c in failed]
+        lines += [""]
+    for category in order:
+        rows = [c for c in cases if c.category == category]
+        if not rows:
+            continue
+        lines += [f"## {CATEGORIES[category]}", "",
+                  "| Case | Injected | Verified | Outcome | Time |", "|---|---|---|---|---|"]
+        for c in rows:
+            test = c.nodeid.rsplit("/", 1)[-1]
+            lines.append(f"| {_cell(c.case)}<br>`{_cell(test)}` | {_cell(c.injected)} | {_cell(c.verified)} | "
+                         f"{c.outcome} | {c.seconds:.1f} s |")
+        lines.append("")
+    return "\n".join(lines)
