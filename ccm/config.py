@@ -177,7 +177,8 @@ class Settings(BaseSettings):
                 try:
                     value = json.loads(text)
                 except ValueError:
-                    raise ValueError("is not a JSON list; write it as a comma-separated list of provider names") from None
+                    raise ValueError("is not a JSON list; write it as a comma-separated list of provider "
+                                     "names") from None
             else:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         if isinstance(value, list):

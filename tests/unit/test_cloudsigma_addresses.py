@@ -43,7 +43,8 @@ def test_invalid_ip_reported() -> None:
 
 
 def test_tolerant_parsing_of_odd_objects() -> None:
-    srv = parse_server({"uuid": "33333333-3333-4333-8333-333333333333", "nics": [None, 3, {"vlan": "v"}, {"ip_v4_conf": "dhcp"}], "owner": 7,
+    srv = parse_server({"uuid": "33333333-3333-4333-8333-333333333333",
+                        "nics": [None, 3, {"vlan": "v"}, {"ip_v4_conf": "dhcp"}], "owner": 7,
                         "cpu": "abc", "smp": True, "mem": 1.5, "meta": {"a": 1}, "runtime": {"nics": "x"},
                         "unknown_field": {"nested": 1}})
     assert srv.cpu is None and srv.smp is None
