@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     # -- tenant cluster and controllers --
     kubeconfig: Path | None = Field(None, description="Tenant kubeconfig (or KUBECONFIG); in-cluster if unset.")
     cluster_name: str = Field("", description="Name of the tenant cluster, for logs and events.")
-    concurrent_node_syncs: int = Field(4, ge=1, le=256, description="Node reconcile workers.")
+    concurrent_node_syncs: int = Field(16, ge=1, le=256, description="Node reconcile workers (lookups come from "
+                                       "the shared snapshot, so workers mostly wait on Kubernetes writes).")
     node_status_update_frequency: float = Field(300.0, description="Address re-sync period of initialized nodes.")
     server_cache_max_age: float = Field(10.0, description="Longest a server snapshot answers before a refresh.")
     server_lookup: Literal["snapshot", "per-node"] = Field(

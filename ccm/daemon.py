@@ -97,7 +97,8 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
         retry=RetryPolicy(attempts=settings.api_retry_attempts), page_size=settings.api_page_size,
         on_request=metrics.observe_request,
     )
-    cache = ServerCache(client, max_age=settings.server_cache_max_age)
+    cache = ServerCache(client, max_age=settings.server_cache_max_age,
+                        on_refresh=lambda _: metrics.snapshot_refreshes.inc())
     tenant = await api_client(settings.kubeconfig)
     kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc())
     watcher = NodeWatcher(kube, watch_timeout=settings.watch_timeout,
@@ -105,8 +106,8 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
     events = EventRecorder(kube, host=socket.gethostname())
     applier = NodeApplier(kube)
     reconciler = NodeReconciler(
-        store=lambda name: watcher.store.get(name), cache=cache, client=client, applier=applier, events=events,
-        metrics=metrics,
+        store=lambda name: watcher.store.get(name), observe=watcher.observe, cache=cache, client=client,
+        applier=applier, events=events, metrics=metrics,
         settings=ReconcileSettings(region=settings.region, zone=settings.effective_zone, user_email=user,
                                    cluster_name=settings.cluster_name,
                                    use_system_uuid=settings.node_lookup_by_system_uuid,
@@ -194,6 +195,7 @@ async def run(settings: Settings, redactor: Redactor) -> int:
         if stop.is_set():
             log.info("ccm_stopping", reason="signal", timeout=settings.shutdown_timeout)
             await parts.controller.shutdown(settings.shutdown_timeout)
+            await parts.events.flush(timeout=3.0)
         elif main_task.done():
             exc = main_task.exception()
             if isinstance(exc, LeaderLost):

@@ -54,13 +54,19 @@ class ServerSnapshot:
 class ServerCache:
     """Single-flight, max-age cache of :class:`ServerSnapshot`."""
 
-    def __init__(self, client: CloudSigmaClient, *, max_age: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: CloudSigmaClient, *, max_age: float = 10.0, stale_factor: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_refresh: Callable[[ServerSnapshot], None] | None = None) -> None:
         self._client = client
         self.max_age = max_age
+        #: A snapshot up to ``max_age * stale_factor`` old still answers *hits* while a refresh runs in the
+        #: background (stale-while-revalidate); older ones block. Misses always wait for a fresh listing.
+        self.stale_factor = stale_factor
         self._clock = clock
+        self._on_refresh = on_refresh
         self._snapshot: ServerSnapshot | None = None
         self._inflight: asyncio.Future[ServerSnapshot] | None = None
+        self._background: asyncio.Task[None] | None = None
         self.refreshes = 0
 
     @property
@@ -71,9 +77,26 @@ class ServerCache:
         """A snapshot no older than ``max_age`` (default: the cache's), refreshing if needed."""
         limit = self.max_age if max_age is None else max_age
         snap = self._snapshot
-        if snap is not None and self._clock() - snap.fetched_at <= limit:
-            return snap
+        if snap is not None:
+            age = self._clock() - snap.fetched_at
+            if age <= limit:
+                return snap
+            if age <= limit * self.stale_factor:
+                self._revalidate()
+                return snap
         return await self.refresh(newer_than=snap.fetched_at if snap else None)
+
+    def _revalidate(self) -> None:
+        if self._inflight is not None or (self._background is not None and not self._background.done()):
+            return
+
+        async def refresh_quietly() -> None:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the next blocking get() reports it; hits keep being served meanwhile
+                log.warning("server_snapshot_refresh_failed", error=str(exc))
+
+        self._background = asyncio.get_running_loop().create_task(refresh_quietly())
 
     async def refresh(self, *, newer_than: float | None = None) -> ServerSnapshot:
         """Fetch a new snapshot; callers arriving while one is in flight share it.
@@ -95,6 +118,8 @@ class ServerCache:
             snapshot = ServerSnapshot.from_list(listing, fetched_at=started)
             self._snapshot = snapshot
             self.refreshes += 1
+            if self._on_refresh is not None:
+                self._on_refresh(snapshot)
             log.debug("server_snapshot_refreshed", servers=len(snapshot.servers), complete=snapshot.complete,
                       request_ids=list(snapshot.request_ids), credential_provider=snapshot.provider)
             future.set_result(snapshot)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -99,6 +100,20 @@ class ServerList:
     @property
     def complete(self) -> bool:
         return not self.invalid and len(self.servers) == self.total_count
+
+
+_PARSE_INLINE_MAX = 200
+
+
+def _parse_servers(objects: list[Any]) -> tuple[list[Server], list[str]]:
+    servers: list[Server] = []
+    invalid: list[str] = []
+    for index, raw in enumerate(objects):
+        try:
+            servers.append(parse_server(raw))
+        except InvalidObject as exc:
+            invalid.append(f"#{index} {exc.uuid or '?'}: {exc}")
+    return servers, invalid
 
 
 def endpoint_of(path: str) -> str:
@@ -192,13 +207,11 @@ class CloudSigmaClient:
             params["name"] = name
         path = "servers/detail/" if detail else "servers/"
         objects, total, request_ids, provider = await self._list_all(path, params)
-        servers: list[Server] = []
-        invalid: list[str] = []
-        for index, raw in enumerate(objects):
-            try:
-                servers.append(parse_server(raw))
-            except InvalidObject as exc:
-                invalid.append(f"#{index} {exc.uuid or '?'}: {exc}")
+        if len(objects) > _PARSE_INLINE_MAX:
+            # Thousands of objects take a noticeable time to validate: keep the event loop responsive.
+            servers, invalid = await asyncio.to_thread(_parse_servers, objects)
+        else:
+            servers, invalid = _parse_servers(objects)
         if invalid:
             log.warning("cloudsigma_invalid_objects", path="/" + path, count=len(invalid), first=invalid[0])
         return ServerList(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -32,6 +33,23 @@ class EventRecorder:
         self._host = host
         self._recent: TTLCache[tuple[str, str, str], float] = TTLCache(maxsize=10_000, ttl=repeat_after)
         self.emitted = 0
+        self._pending: set[asyncio.Task[None]] = set()
+        self._sending = asyncio.Semaphore(8)
+
+    def record(self, node: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Send an event in the background: a reconcile does not wait for the round trip."""
+        task = asyncio.get_running_loop().create_task(self._send_bounded(node, type_, reason, message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send_bounded(self, node: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        async with self._sending:
+            await self.node_event(node, type_, reason, message)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) for events still being sent: on shutdown, so the last ones are not lost."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
 
     async def node_event(self, node: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Record an event; never raises (events are best-effort, the log line is the record)."""

@@ -24,6 +24,28 @@ Handler = Callable[[str, JSON | None, JSON | None], Awaitable[None] | None]
 """Called as handler(name, old, new): old None → added, new None → deleted."""
 
 
+def _rv(obj: JSON | None) -> int | None:
+    """resourceVersion as a number (etcd revisions), or None when it is not one."""
+    value = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def slim(obj: JSON) -> JSON:
+    """Drop what no controller reads and that dominates a Node's size (managedFields, image lists)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    status = obj.get("status")
+    if isinstance(status, dict):
+        status.pop("images", None)
+    return obj
+
+
 class NodeWatcher:
     """Keeps ``store`` (name → Node dict) in sync with the API server."""
 
@@ -44,6 +66,15 @@ class NodeWatcher:
     def add_handler(self, handler: Handler) -> None:
         self._handlers.append(handler)
 
+    def observe(self, obj: JSON) -> None:
+        """Record a Node we just wrote (the API's answer), so the watch event of our own write is no news and
+        a reconcile right after it reads the current object. Never moves the store backwards."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        current = self.store.get(name)
+        new_rv, old_rv = _rv(obj), _rv(current)
+        if current is not None and (new_rv is None or old_rv is None or new_rv > old_rv):
+            self.store[name] = slim(obj)
+
     async def _emit(self, name: str, old: JSON | None, new: JSON | None) -> None:
         for handler in self._handlers:
             try:
@@ -56,7 +87,7 @@ class NodeWatcher:
     async def _relist(self) -> str:
         items, resource_version = await list_nodes(self._kube)
         self.relists += 1
-        fresh = {str((i.get("metadata") or {}).get("name")): i for i in items}
+        fresh = {str((i.get("metadata") or {}).get("name")): slim(i) for i in items}
         old_store = self.store
         self.store = fresh
         for name, node in fresh.items():
@@ -131,7 +162,10 @@ class NodeWatcher:
             name = str(meta.get("name", ""))
             if etype in ("ADDED", "MODIFIED"):
                 old = self.store.get(name)
-                self.store[name] = obj
+                old_rv, new_rv = _rv(old), _rv(obj)
+                if etype == "MODIFIED" and old_rv is not None and new_rv is not None and new_rv <= old_rv:
+                    continue  # we already hold this version or a newer one (our own write, via observe())
+                self.store[name] = slim(obj)
                 await self._emit(name, old, obj)
             elif etype == "DELETED":
                 old = self.store.pop(name, None)

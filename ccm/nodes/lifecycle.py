@@ -29,7 +29,7 @@ from ccm.metrics import Metrics
 from ccm.nodes.apply import NodeApplier
 from ccm.nodes.decide import plan_shutdown_taint
 from ccm.nodes.matching import MatchKind, match_server
-from ccm.nodes.view import NodeView, node_view
+from ccm.nodes.view import SHUTDOWN_TAINT, NodeView, node_view
 from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerCache
 from cloudsigma.client import CloudSigmaClient
@@ -37,6 +37,18 @@ from cloudsigma.errors import CloudSigmaError, ServerNotFound
 from credentials.base import CredentialError
 
 log = structlog.get_logger(__name__)
+
+
+def needs_check(node: JSON) -> bool:
+    """NotReady/Unknown, or still carrying the shutdown taint. Reads the raw object: it runs for every Node
+    every monitor period, so it must cost next to nothing on a healthy cluster."""
+    for taint in (node.get("spec") or {}).get("taints") or ():
+        if isinstance(taint, dict) and taint.get("key") == SHUTDOWN_TAINT:
+            return True
+    for cond in (node.get("status") or {}).get("conditions") or ():
+        if isinstance(cond, dict) and cond.get("type") == "Ready":
+            return cond.get("status") in ("False", "Unknown")
+    return False
 
 
 class LifecycleController:
@@ -83,7 +95,7 @@ class LifecycleController:
                 log.exception("lifecycle_check_crashed")
 
     async def check_once(self) -> None:
-        candidates = [n for n in self._nodes() if self._interesting(node_view(n))]
+        candidates = [n for n in self._nodes() if needs_check(n)]
         if not candidates:
             return
         started = time.monotonic()
@@ -95,10 +107,6 @@ class LifecycleController:
             except KubeError as exc:
                 log.warning("lifecycle_kube_error", node=node_view(node).name, **exc.log_fields())
         self._metrics.reconcile_duration.labels("lifecycle").observe(time.monotonic() - started)
-
-    @staticmethod
-    def _interesting(view: NodeView) -> bool:
-        return view.not_ready or view.shutdown_tainted
 
     async def _check(self, node: JSON) -> None:
         view = node_view(node)
@@ -128,7 +136,7 @@ class LifecycleController:
             return plan_shutdown_taint(fresh, status)
 
         result = await self._applier.apply(node, plan, replan)
-        added = any(t.get("key") == "node.cloudprovider.kubernetes.io/shutdown" for t in plan.taints or ())
+        added = any(t.get("key") == SHUTDOWN_TAINT for t in plan.taints or ())
         log.info("node_shutdown_taint", node=view.name, action="added" if added else "removed",
                  server_status=status, writes=result.writes)
         self._metrics.reconciles.labels("lifecycle", "shutdown_taint").inc()

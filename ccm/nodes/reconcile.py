@@ -67,6 +67,7 @@ class NodeReconciler:
         self,
         *,
         store: Callable[[str], JSON | None],
+        observe: Callable[[JSON], None] | None = None,
         cache: ServerCache,
         client: CloudSigmaClient,
         applier: NodeApplier,
@@ -75,6 +76,7 @@ class NodeReconciler:
         settings: ReconcileSettings,
     ) -> None:
         self._store = store
+        self._observe = observe
         self._cache = cache
         self._client = client
         self._applier = applier
@@ -161,6 +163,8 @@ class NodeReconciler:
                 return Outcome(Result.BLOCKED, plan.blocked, retry=True, fields=fields)
             return Outcome(Result.UNCHANGED, f"addresses not updated: {plan.blocked}", fields=fields)
         result = await self._applier.apply(node, plan, replan)
+        if result.writes and self._observe is not None:
+            self._observe(result.node)
         fields.update(writes=result.writes, conflicts=result.conflicts)
         for note in result.plan.notes:
             fields.setdefault("notes", []).append(note)
@@ -177,7 +181,7 @@ class NodeReconciler:
             if view.created is not None:
                 self._metrics.taint_removal_delay.observe(max(0.0, (now - view.created).total_seconds()))
             itype = (result.plan.labels or {}).get(INSTANCE_TYPE) or view.labels.get(INSTANCE_TYPE, "")
-            await self._events.node_event(
+            self._events.record(
                 result.node, "Normal", "Synced",
                 f"initialized from server {server.uuid} ({server.name}) matched by {match.via}; "
                 f"instance type {itype or 'unknown'}",

@@ -35,14 +35,19 @@ async def test_coalesced_refresh_and_max_age() -> None:
     now[0] += 5
     await cache.get()
     assert client.calls == 1
-    now[0] += 6
-    await cache.get()
+    now[0] += 6  # stale: served at once while one refresh runs in the background
+    stale = await cache.get()
+    assert stale is snaps[0]
+    await asyncio.sleep(0.05)
     assert client.calls == 2
+    now[0] += 31  # too old even for hits: blocks on a fresh listing
+    assert await cache.get() is not stale
+    assert client.calls == 3
     # a burst of misses that all saw the same snapshot → one refresh
     seen = cache.current
     assert seen is not None
     await asyncio.gather(*(cache.refresh(newer_than=seen.fetched_at) for _ in range(100)))
-    assert client.calls == 3
+    assert client.calls == 4
 
 
 async def test_failures_are_not_cached() -> None:
