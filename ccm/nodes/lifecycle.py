@@ -5,7 +5,8 @@ Only NotReady/Unknown nodes (and nodes still carrying the shutdown taint) are lo
 
 A Node is deleted only on authoritative, fresh proof, after it has been NotReady for ``grace_period``:
 - with a providerID: a 404 ``notexist`` on a direct GET of that uuid, answered to the primary credential;
-- without one: absence from two fresh, complete, successfully paginated listings by the primary credential.
+- without one: absence from two fresh, complete, successfully paginated listings by the primary credential
+  that hold the server of at least one other Node (so a listing of the wrong account proves nothing).
 Never on 403, 401, 429, 5xx, timeouts, a partial list, a credential fallback, or a cache answer.
 The delete carries uid and resourceVersion preconditions; every deletion is an event and a log line
 with the evidence.
@@ -31,7 +32,7 @@ from ccm.nodes.decide import plan_shutdown_taint
 from ccm.nodes.matching import MatchKind, match_server
 from ccm.nodes.view import SHUTDOWN_TAINT, NodeView, node_view
 from ccm.providerid import ForeignProviderID, parse_provider_id
-from ccm.servercache import ServerCache
+from ccm.servercache import ServerCache, ServerSnapshot
 from cloudsigma.client import CloudSigmaClient
 from cloudsigma.errors import CloudSigmaError, ServerNotFound
 from credentials.base import CredentialError
@@ -175,9 +176,28 @@ class LifecycleController:
             match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
             if match.kind is not MatchKind.NO_MATCH:
                 return None
+            if not self._account_confirmed(view, snapshot):
+                # A complete listing of the *wrong* account (a mistyped user email, a token acting as somebody
+                # else — seed 001) also lacks the server. Only a listing that holds another Node's server proves
+                # we are looking at the cluster's account.
+                log.warning("deletion_skipped", node=view.name, reason="the listing holds no server of any other "
+                            "Node of this cluster: cannot tell a missing server from the wrong account",
+                            servers_seen=len(snapshot.servers), credential_provider=snapshot.provider)
+                return None
             request_ids.extend(snapshot.request_ids)
         return {"proof": "absent from two fresh complete listings", "request_ids": request_ids,
                 "checked_at": self._clock().isoformat(), "credential_provider": self._primary}
+
+    def _account_confirmed(self, view: NodeView, snapshot: ServerSnapshot) -> bool:
+        for other in self._nodes():
+            other_view = node_view(other)
+            if other_view.name == view.name:
+                continue
+            found = match_server(other_view, snapshot.by_uuid, snapshot.by_name,
+                                 use_system_uuid=self._use_system_uuid)
+            if found.kind is MatchKind.FOUND:
+                return True
+        return False
 
     async def _delete(self, node: JSON, view: NodeView, evidence: dict[str, Any]) -> None:
         message = (f"deleting node: its server is gone ({evidence['proof']}; request id "

@@ -146,11 +146,28 @@ async def test_partial_listing_is_no_proof(world: EmulatorState, emulator: Emula
 
 async def test_absent_from_two_complete_listings_is_proof(world: EmulatorState, emulator: EmulatorServer,
                                                           kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
-    world.add_server(ALICE, "someone-else", nics=[public_dhcp_nic("auto")])
+    sibling = world.add_server(ALICE, "sibling", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "sibling", provider_id=f"cloudsigma://{sibling['uuid']}", taint=False)
     await register_node(kube_api, "orphan", taint=False, ready=False)
     async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
         await wait_for(lambda: ccm.parts.lifecycle.deleted, 15)
     assert not await exists(kube_api, "orphan")
+    assert await exists(kube_api, "sibling")
+
+
+async def test_a_listing_of_the_wrong_account_is_no_proof(world: EmulatorState, emulator: EmulatorServer,
+                                                          kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    # The cluster's servers belong to bob, but the CCM is (mis)configured as alice: her complete listing lacks
+    # every server of the cluster. Nothing in it proves the orphan's server is gone rather than elsewhere.
+    sibling = world.add_server(BOB, "sibling", nics=[public_dhcp_nic("auto")])
+    world.add_server(BOB, "orphan", nics=[public_dhcp_nic("auto")])
+    world.add_server(ALICE, "alices-own", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, "sibling", provider_id=f"cloudsigma://{sibling['uuid']}", taint=False)
+    await register_node(kube_api, "orphan", taint=False, ready=False)
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
+        await asyncio.sleep(3)
+        assert not ccm.parts.lifecycle.deleted
+    assert await exists(kube_api, "orphan")
 
 
 async def test_404_through_a_fallback_credential_is_no_proof(world: EmulatorState, emulator: EmulatorServer,
