@@ -56,6 +56,12 @@ class RedactingSource:
     def invalidate(self, credential: Credential) -> None:
         self.chain.invalidate(credential)
 
+    async def fallback_after_forbidden(self, user_email: str, region: str, failed: Credential) -> Credential | None:
+        credential = await self.chain.fallback_after_forbidden(user_email, region, failed)
+        if credential is not None:
+            self._redactor.add(credential.secret.get_secret_value())
+        return credential
+
 
 @dataclass
 class Components:

@@ -136,6 +136,8 @@ def _retry_after_seconds(value: str | None) -> float | None:
 class _Attempt:
     credential: Credential | None = None
     unauthorized: int = 0
+    #: A lower-priority credential to retry a 403 with (only with the opt-in setting).
+    override: Credential | None = None
 
 
 class CloudSigmaClient:
@@ -305,21 +307,37 @@ class CloudSigmaClient:
             retry=retry_if_exception(retryable),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                try:
-                    return await self._send(method, path, params or {}, resource, state)
-                except Unauthorized:
-                    state.unauthorized += 1
-                    if state.credential is not None and state.unauthorized == 1:
-                        self._credentials.invalidate(state.credential)
-                    raise
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        return await self._send(method, path, params or {}, resource, state)
+                    except Unauthorized:
+                        state.unauthorized += 1
+                        if state.credential is not None and state.unauthorized == 1:
+                            self._credentials.invalidate(state.credential)
+                        raise
+        except PermissionDenied:
+            alternative = await self._forbidden_fallback(state)
+            if alternative is None:
+                raise
+            # Opt-in only (--allow-fallback-on-forbidden): the 403 above is already logged with its request id.
+            state.override = alternative
+            return await self._send(method, path, params or {}, resource, state)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _forbidden_fallback(self, state: _Attempt) -> Credential | None:
+        fallback = getattr(self._credentials, "fallback_after_forbidden", None)
+        failed = state.credential
+        if fallback is None or failed is None or state.override is not None or not failed.impersonated:
+            return None
+        alternative: Credential | None = await fallback(self.user_email, self.region, failed)
+        return alternative
 
     async def _send(
         self, method: str, path: str, params: Mapping[str, str], resource: str | None, state: _Attempt
     ) -> tuple[Any, CallContext]:
-        credential = await self._credentials.get(self.user_email, self.region)
+        credential = state.override or await self._credentials.get(self.user_email, self.region)
         state.credential = credential
         identity = credential.identity
         url = credential.api_url(self.region) + path.lstrip("/")

@@ -11,7 +11,7 @@ from cloudsigma.client import CloudSigmaClient
 from cloudsigma.errors import PermissionDenied
 from credentials.factory import build_chain
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
-from tests.integration.harness import ALICE, ALICE_PW, BOB, CLIENT_ID, CLIENT_SECRET, two_users
+from tests.integration.harness import ALICE, ALICE_PW, BOB, BOB_PW, CLIENT_ID, CLIENT_SECRET, two_users
 
 
 @pytest.fixture
@@ -88,3 +88,26 @@ async def test_fallback_to_password_when_exchange_refused(world: EmulatorState, 
         await chain.aclose()
     assert listing.provider == "password"
     assert {s.name for s in listing.servers} == {"alice-1", "alice-2"}
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_opt_in_fallback_after_forbidden(world: EmulatorState, emulator: EmulatorServer, allowed: bool) -> None:
+    """With global (bob's) password credentials behind impersonation, a 403 of alice's token is retried
+    with them only when --allow-fallback-on-forbidden is set."""
+    bobs = next(s for s in world.servers_of(BOB))
+    settings = load_settings(settings_for(emulator, "keycloak-token-exchange", username=BOB, password=BOB_PW,
+                                          allow_fallback_on_forbidden=allowed))
+    chain = build_chain(settings)
+    client = CloudSigmaClient(chain, user_email=ALICE, region="zrh")
+    try:
+        if allowed:
+            server = await client.get_server(bobs["uuid"])
+            assert server.uuid == bobs["uuid"]
+        else:
+            with pytest.raises(PermissionDenied):
+                await client.get_server(bobs["uuid"])
+    finally:
+        await client.close()
+        await chain.aclose()
+    statuses = [(r.auth_kind, r.status) for r in world.requests if r.path.startswith("/api/2.0/servers/")]
+    assert statuses == ([("bearer", 403), ("basic", 200)] if allowed else [("bearer", 403)])
