@@ -162,17 +162,6 @@ async def test_system_uuid_resolves_duplicate_names(world: EmulatorState, emulat
     assert node["spec"]["providerID"] == f"cloudsigma://{b['uuid']}"
 
 
-@pytest.fixture(scope="module")
-def expiring_apiserver() -> Any:
-    """An API server that compacts etcd every second and serves watches from etcd: old versions expire (410)."""
-    server = KubeAPIServer("expiring", extra_args=["--etcd-compaction-interval=1s", "--watch-cache=false"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_watch_gone_relists_without_missing_a_node(world: EmulatorState, emulator: EmulatorServer,
                                                          expiring_apiserver: KubeAPIServer) -> None:
     world.add_server(ALICE, "late-1", nics=[public_dhcp_nic("auto")])

@@ -23,7 +23,8 @@ from kubernetes_asyncio.config import new_client_from_config
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import delete_all_nodes
 
-__all__ = ["api_client_for", "clean_nodes", "kube_api", "kube_apiserver", "kube_apiserver_factory"]
+__all__ = ["api_client_for", "clean_nodes", "expiring_apiserver", "kube_api", "kube_apiserver",
+           "kube_apiserver_factory"]
 
 
 async def api_client_for(kubeconfig: Path) -> ApiClient:
@@ -58,6 +59,18 @@ def kube_apiserver_factory() -> Iterator[Callable[[str], KubeAPIServer]]:
     finally:
         for server in servers.values():
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def expiring_apiserver() -> Iterator[KubeAPIServer]:
+    """An API server that compacts etcd every second and serves watches from etcd, so old resourceVersions
+    expire: a watch resumed from one gets a real 410 Gone. (With the watch cache on, it never does.)"""
+    server = KubeAPIServer("expiring", extra_args=["--etcd-compaction-interval=1s", "--watch-cache=false"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -97,17 +96,6 @@ async def test_conflicts_from_a_concurrent_writer_are_retried(world: EmulatorSta
     lost = await missing(kube_api, ["contended"])
     registry.lost(len(lost))
     assert not lost
-
-
-@pytest.fixture(scope="module")
-def expiring_apiserver() -> Iterator[KubeAPIServer]:
-    """An API server that compacts etcd every second and serves watches from etcd: old versions expire (410)."""
-    server = KubeAPIServer("expiring-rel", extra_args=["--etcd-compaction-interval=1s", "--watch-cache=false"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_watch_410_gone_relists_without_missing_a_node(world: EmulatorState, emulator: EmulatorServer,
