@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ccm.config import Settings
+from ccm.daemon import RedactingSource
 from ccm.kube.clients import api_client
 from ccm.kube.errors import KubeError
 from ccm.kube.fetching import list_nodes
@@ -102,8 +103,6 @@ async def _credential_checks(settings: Settings, redactor: Redactor) -> list[Che
 async def _cloud_checks(settings: Settings, redactor: Redactor) -> tuple[
         ServerSnapshot | None, list[Check], CloudSigmaClient, Any]:
     chain = build_chain(settings)
-    from ccm.daemon import RedactingSource
-
     client = CloudSigmaClient(RedactingSource(chain, redactor), user_email=settings.user_email or "",
                               region=settings.region, timeout=settings.http_timeout, retry=RetryPolicy(attempts=2),
                               page_size=settings.api_page_size)

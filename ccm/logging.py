@@ -41,6 +41,7 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
         self._secrets: set[str] = set()
+        self._longest_first: tuple[str, ...] = ()
         for secret in secrets:
             self.add(secret)
 
@@ -49,11 +50,10 @@ class Redactor:
         if secret and len(secret) >= 6:
             with self._lock:
                 self._secrets.add(secret)
+                self._longest_first = tuple(sorted(self._secrets, key=len, reverse=True))
 
     def redact_text(self, text: str) -> str:
-        with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)
-        for secret in secrets:
+        for secret in self._longest_first:  # a tuple swapped whole on add(): safe to read without the lock
             if secret in text:
                 text = text.replace(secret, REDACTED)
         if not _may_hold_secret(text):

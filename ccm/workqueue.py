@@ -33,7 +33,9 @@ class WorkQueue:
         self._base = base_delay
         self._max = max_delay
         self._clock = clock
-        self._cond = asyncio.Condition()
+        # Set whenever a key is queued or the queue shuts down; add() is synchronous (watch handlers call it),
+        # so waking workers must not need a lock or a task per key.
+        self._ready = asyncio.Event()
         self._shutdown = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -47,13 +49,6 @@ class WorkQueue:
     def failures(self, key: str) -> int:
         return self._failures.get(key, 0)
 
-    def _wake(self) -> None:
-        async def notify() -> None:
-            async with self._cond:
-                self._cond.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
-
     def add(self, key: str) -> None:
         if self._shutdown:
             return
@@ -65,7 +60,7 @@ class WorkQueue:
             return
         self._queued.add(key)
         self._queue.append(key)
-        self._wake()
+        self._ready.set()
 
     def add_after(self, key: str, delay: float) -> None:
         if self._shutdown:
@@ -119,15 +114,16 @@ class WorkQueue:
         self._arm()
 
     async def get(self) -> str:
-        async with self._cond:
-            while not self._queue or self._shutdown:
-                if self._shutdown:
-                    raise ShutDown  # even with keys waiting: shutting down means taking no new work
-                await self._cond.wait()
-            key = self._queue.popleft()
-            self._queued.discard(key)
-            self._processing.add(key)
-            return key
+        while True:
+            if self._shutdown:
+                raise ShutDown  # even with keys waiting: shutting down means taking no new work
+            if self._queue:
+                key = self._queue.popleft()
+                self._queued.discard(key)
+                self._processing.add(key)
+                return key
+            self._ready.clear()
+            await self._ready.wait()
 
     def done(self, key: str) -> None:
         self._processing.discard(key)
@@ -139,5 +135,4 @@ class WorkQueue:
         self._shutdown = True
         if self._timer is not None:
             self._timer.cancel()
-        async with self._cond:
-            self._cond.notify_all()
+        self._ready.set()

@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -225,11 +225,6 @@ class CloudSigmaClient:
             provider=provider,
         )
 
-    async def list_ips(self) -> list[dict[str, Any]]:
-        """Every IP of the user (detail objects, raw)."""
-        objects, _, _, _ = await self._list_all("ips/detail/", {})
-        return [o for o in objects if isinstance(o, dict)]
-
     # ---- pagination ---------------------------------------------------------------------------
 
     async def _list_all(
@@ -356,10 +351,7 @@ class CloudSigmaClient:
             ) as resp:
                 status = resp.status
                 request_id = resp.headers.get("X-REQUEST-ID") or resp.headers.get("X-Request-Id")
-                ctx = CallContext(
-                    method=ctx.method, path=ctx.path, request_id=request_id, user=ctx.user,
-                    provider=ctx.provider, token_subject=ctx.token_subject,
-                )
+                ctx = replace(ctx, request_id=request_id)
                 body = await resp.read()
                 retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
         except TimeoutError:

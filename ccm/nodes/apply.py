@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -56,8 +56,7 @@ class NodeApplier:
                     current = await patching.replace_addresses(
                         self._kube, view.name, [a.as_dict() for a in plan.addresses])
                     writes += 1
-                    plan = NodePlan(provider_id=plan.provider_id, labels=plan.labels, taints=plan.taints,
-                                    notes=plan.notes)
+                    plan = replace(plan, addresses=None)
                 if plan.writes_spec:
                     rv = str((current.get("metadata") or {}).get("resourceVersion", view.resource_version))
                     current = await patching.patch_node(

@@ -55,7 +55,6 @@ class NodeController:
         self._metrics = metrics
         self.queue = queue or WorkQueue(base_delay=1.0, max_delay=300.0)
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight = 0
         watcher.add_handler(self._on_event)
 
     def _on_event(self, name: str, old: JSON | None, new: JSON | None) -> None:
@@ -94,7 +93,6 @@ class NodeController:
                 name = await self.queue.get()
             except ShutDown:
                 return
-            self._in_flight += 1
             try:
                 outcome = await self._reconciler.reconcile(name)
                 if outcome.result is Result.GONE:
@@ -110,6 +108,5 @@ class NodeController:
                 log.exception("reconcile_crashed", node=name, worker=index)
                 self.queue.add_rate_limited(name)
             finally:
-                self._in_flight -= 1
                 self.queue.done(name)
                 self._metrics.queue_depth.set(len(self.queue))

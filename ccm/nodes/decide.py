@@ -64,12 +64,13 @@ def plan_initialization(node: NodeView, server: Server, *, region: str, zone: st
 
 def plan_resync(node: NodeView, server: Server, *, ipv6: bool = True) -> NodePlan:
     """Addresses of an initialized node (DHCP addresses change on reboot). Errors only reported."""
+    known = server_addresses(server)
     try:
-        decision = decide_addresses(node.name, server_addresses(server), node.addresses,
-                                    provided_node_ip=node.provided_node_ip, ipv6=ipv6)
+        decision = decide_addresses(node.name, known, node.addresses, provided_node_ip=node.provided_node_ip,
+                                    ipv6=ipv6)
     except AddressError as exc:
         return NodePlan(blocked=str(exc))
-    if server.status in SHUTDOWN_STATUSES and not server_addresses(server).all:
+    if server.status in SHUTDOWN_STATUSES and not known.all:
         # A stopped server's DHCP address is not in the API; keep what the node has rather than strip it.
         return NodePlan(notes=("server stopped: addresses left as they are",))
     if same_addresses(decision.addresses, node.addresses):

@@ -28,7 +28,7 @@ from ccm.kube.events import EventRecorder
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.metrics import Metrics
 from ccm.nodes.apply import NodeApplier
-from ccm.nodes.decide import plan_shutdown_taint
+from ccm.nodes.decide import NodePlan, plan_shutdown_taint
 from ccm.nodes.matching import MatchKind, match_server
 from ccm.nodes.view import SHUTDOWN_TAINT, NodeView, node_view
 from ccm.providerid import ForeignProviderID, parse_provider_id
@@ -133,7 +133,7 @@ class LifecycleController:
         if plan.empty:
             return
 
-        def replan(fresh: NodeView) -> Any:
+        def replan(fresh: NodeView) -> NodePlan:
             return plan_shutdown_taint(fresh, status)
 
         result = await self._applier.apply(node, plan, replan)

@@ -26,7 +26,7 @@ from ccm.nodes.labels import INSTANCE_TYPE
 from ccm.nodes.matching import Match, MatchKind, describe_candidates, match_server
 from ccm.nodes.view import NodeView, node_view
 from ccm.servercache import ServerCache, ServerSnapshot
-from cloudsigma.client import CloudSigmaClient, ServerList
+from cloudsigma.client import CloudSigmaClient
 from cloudsigma.errors import CloudSigmaError, NotFound, PermissionDenied
 from cloudsigma.models import Server
 from credentials.base import CredentialError
@@ -128,7 +128,7 @@ class NodeReconciler:
     async def _reconcile_per_node(self, node: JSON, view: NodeView) -> Outcome:
         """Upstream's call pattern: GET the server by providerID, or list by name — once per node."""
         if view.provider_id:
-            match = self._match(view, ServerSnapshot.from_list(ServerList((), 0, (), 0.0), 0.0))
+            match = match_server(view, {}, {})  # no listing: NOT_IN_SNAPSHOT sends us to the direct GET
             if match.kind is MatchKind.NOT_IN_SNAPSHOT and match.provider_uuid:
                 return await self._provider_id_missing(node, view, match, {})
             return await self._unmatched(node, view, match, ServerSnapshot((), 0.0, True))
@@ -168,8 +168,9 @@ class NodeReconciler:
         fields.update(writes=result.writes, conflicts=result.conflicts)
         for note in result.plan.notes:
             fields.setdefault("notes", []).append(note)
+        written = node_view(result.node)
         if result.writes:
-            fields["addresses"] = [f"{a.type}={a.address}" for a in node_view(result.node).addresses]
+            fields["addresses"] = [f"{a.type}={a.address}" for a in written.addresses]
         if result.plan.blocked:
             return Outcome(Result.BLOCKED, result.plan.blocked, retry=True, fields=fields)
         now = datetime.now(UTC)
@@ -177,7 +178,7 @@ class NodeReconciler:
             self._synced_uids.add(view.uid)
             if view.created is not None:
                 self._metrics.initial_sync_delay.observe(max(0.0, (now - view.created).total_seconds()))
-        if initializing and not node_view(result.node).uninitialized:
+        if initializing and not written.uninitialized:
             if view.created is not None:
                 self._metrics.taint_removal_delay.observe(max(0.0, (now - view.created).total_seconds()))
             itype = (result.plan.labels or {}).get(INSTANCE_TYPE) or view.labels.get(INSTANCE_TYPE, "")

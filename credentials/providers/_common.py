@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiohttp
 from pydantic import SecretStr
 
 from credentials.base import (
@@ -15,6 +16,8 @@ from credentials.base import (
     Identity,
 )
 from credentials.claims import decode_claims, expiry_from, loggable_claims
+from credentials.config_protocol import DEFAULT_REALM, issuer_url
+from credentials.http import HttpClient
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 UMA_TICKET_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
@@ -79,3 +82,27 @@ def impersonated_credential(data: Mapping[str, Any], *, provider: str, user: str
         expires_at=expiry_from(now, expires_in=data.get("expires_in"), claims=claims),
         impersonated=True,
     )
+
+
+class OAuthClientProvider:
+    """What both impersonation strategies share: the OAuth client, its realm, the HTTP client and the clock."""
+
+    name = "oauth-client"
+
+    def __init__(self, *, oauth_url: str | None, client_id: str | None, client_secret: SecretStr | None,
+                 realm: str, api_url_template: str, timeout: float, session: aiohttp.ClientSession | None,
+                 clock: Callable[[], float]) -> None:
+        self.oauth_url = oauth_url
+        self.realm = realm or DEFAULT_REALM
+        self.client_id = client_id
+        self._client_secret = require_secret(client_secret)
+        self.api_url_template = api_url_template
+        self._clock = clock
+        self._http = HttpClient(provider=self.name, timeout=timeout, session=session)
+
+    @property
+    def issuer(self) -> str | None:
+        return issuer_url(self.oauth_url, self.realm) if self.oauth_url else None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -25,18 +25,17 @@ from credentials.config_protocol import (
     DEFAULT_IMPERSONATION_API_URL,
     DEFAULT_REALM,
     CredentialSettings,
-    issuer_url,
     secret_setting,
     setting,
     str_setting,
 )
-from credentials.http import HttpClient, HttpErrorInfo
+from credentials.http import HttpErrorInfo
 from credentials.providers._common import (
     ACCESS_TOKEN_TYPE,
     TOKEN_EXCHANGE_GRANT,
+    OAuthClientProvider,
     impersonated_credential,
     require,
-    require_secret,
 )
 
 __all__ = ["KeycloakTokenExchangeProvider", "from_settings"]
@@ -44,7 +43,7 @@ __all__ = ["KeycloakTokenExchangeProvider", "from_settings"]
 LEGACY_FEATURES = "--features=token-exchange,admin-fine-grained-authz:v1"
 
 
-class KeycloakTokenExchangeProvider:
+class KeycloakTokenExchangeProvider(OAuthClientProvider):
     name = "keycloak-token-exchange"
 
     def __init__(
@@ -62,30 +61,18 @@ class KeycloakTokenExchangeProvider:
         discovery_ttl: float = 3600.0,
         discovery_retry: float = 60.0,
     ) -> None:
-        self.oauth_url = oauth_url
-        self.realm = realm or DEFAULT_REALM
-        self.client_id = client_id
-        self._client_secret = require_secret(client_secret)
+        super().__init__(oauth_url=oauth_url, client_id=client_id, client_secret=client_secret, realm=realm,
+                         api_url_template=api_url_template, timeout=timeout, session=session, clock=clock)
         self.audience = audience or None
-        self.api_url_template = api_url_template
         self.discovery_ttl = discovery_ttl
         self.discovery_retry = discovery_retry
-        self._clock = clock
-        self._http = HttpClient(provider=self.name, timeout=timeout, session=session)
         self._endpoint: str | None = None
         self._endpoint_until = 0.0
         self._discovery_lock = asyncio.Lock()
 
-    @property
-    def issuer(self) -> str | None:
-        return issuer_url(self.oauth_url, self.realm) if self.oauth_url else None
-
     def __repr__(self) -> str:
         return (f"KeycloakTokenExchangeProvider(issuer={self.issuer!r}, client_id={self.client_id!r}, "
                 f"audience={self.audience!r})")
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # -- token endpoint ----------------------------------------------------------------------------------
 

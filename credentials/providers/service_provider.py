@@ -28,24 +28,23 @@ from credentials.config_protocol import (
     DEFAULT_SERVICE_PROVIDER_URL,
     DEFAULT_UMA_AUDIENCE,
     CredentialSettings,
-    issuer_url,
     secret_setting,
     setting,
     str_setting,
 )
-from credentials.http import HttpClient, HttpErrorInfo
+from credentials.http import HttpErrorInfo
 from credentials.providers._common import (
     UMA_TICKET_GRANT,
+    OAuthClientProvider,
     access_token_from,
     impersonated_credential,
     require,
-    require_secret,
 )
 
 __all__ = ["ServiceProviderProvider", "from_settings"]
 
 
-class ServiceProviderProvider:
+class ServiceProviderProvider(OAuthClientProvider):
     name = "cloudsigma-service-provider"
 
     def __init__(
@@ -63,24 +62,15 @@ class ServiceProviderProvider:
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.oauth_url = oauth_url
-        self.realm = realm or DEFAULT_REALM
-        self.client_id = client_id
-        self._client_secret = require_secret(client_secret)
+        super().__init__(oauth_url=oauth_url, client_id=client_id, client_secret=client_secret, realm=realm,
+                         api_url_template=api_url_template, timeout=timeout, session=session, clock=clock)
         self.uma_audience = uma_audience or DEFAULT_UMA_AUDIENCE
         self.service_provider_url = service_provider_url
-        self.api_url_template = api_url_template
-        self._clock = clock
         self._cache = cache if cache is not None else TokenCache(maxsize=64, clock=clock)
-        self._http = HttpClient(provider=self.name, timeout=timeout, session=session)
 
     def attach_cache(self, cache: TokenCache) -> None:
         """Keep the intermediate tokens in the chain's cache (see :class:`credentials.cache.CacheAware`)."""
         self._cache = cache
-
-    @property
-    def issuer(self) -> str | None:
-        return issuer_url(self.oauth_url, self.realm) if self.oauth_url else None
 
     @property
     def token_endpoint(self) -> str | None:
@@ -95,8 +85,6 @@ class ServiceProviderProvider:
         return (f"ServiceProviderProvider(issuer={self.issuer!r}, client_id={self.client_id!r}, "
                 f"uma_audience={self.uma_audience!r}, service_provider_url={self.service_provider_url!r})")
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _keys(self, region: str) -> tuple[CacheKey, CacheKey]:
         return (CacheKey.of(self.client_id, region, f"{self.name}/client-credentials"),

@@ -3,7 +3,6 @@ that cannot be parsed at all, and a single page of 5,000 servers. The API server
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import Any
 
@@ -16,20 +15,10 @@ from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
 from tests.reliability import registry
 from tests.reliability.support import CCMRun, is_untouched, missing, running, wait_initialized, warnings_for
+from tests.unit.test_properties import valid_ip
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_nodes")]
 ADDRESS_TYPES = {"InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"}
-
-
-def valid_ip(text: str) -> bool:
-    """An IP as every Kubernetes component parses it (Go's net.ParseIP: no zone, no whitespace)."""
-    if "%" in text or text != text.strip():
-        return False
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def address_problems(node: dict[str, Any]) -> list[str]:
