@@ -2,6 +2,8 @@
 
 The store is the controllers' view of the cluster; handlers are called for every change so the node
 controller can queue work. No polling loop: after the initial list only watch events arrive.
+:class:`ListWatcher` does the same for any cluster-scoped collection (the CSR approver watches
+CertificateSigningRequests with it); :class:`NodeWatcher` is the one for Nodes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import structlog
 
 from ccm.kube.errors import Gone, KubeError
-from ccm.kube.fetching import NODES, list_nodes
+from ccm.kube.fetching import NODES, list_all
 from ccm.kube.transport import JSON, KubeTransport
 
 log = structlog.get_logger(__name__)
@@ -46,12 +48,20 @@ def slim(obj: JSON) -> JSON:
     return obj
 
 
-class NodeWatcher:
-    """Keeps ``store`` (name → Node dict) in sync with the API server."""
+class ListWatcher:
+    """Keeps ``store`` (name → object dict) of the collection at ``path`` in sync with the API server.
 
-    def __init__(self, kube: KubeTransport, *, watch_timeout: float = 300.0, max_backoff: float = 30.0,
+    ``what`` names the objects in log events (``<what>_watch_failed``, ``<what>s_listed``);
+    ``field_selector`` narrows both the list and the watch.
+    """
+
+    def __init__(self, kube: KubeTransport, *, path: str, what: str, field_selector: str | None = None,
+                 watch_timeout: float = 300.0, max_backoff: float = 30.0,
                  on_restart: Callable[[str], None] | None = None) -> None:
         self._kube = kube
+        self._path = path
+        self._what = what
+        self._field_selector = field_selector
         self._watch_timeout = watch_timeout
         self._max_backoff = max_backoff
         self._handlers: list[Handler] = []
@@ -82,10 +92,10 @@ class NodeWatcher:
                 if result is not None:
                     await result
             except Exception:  # one bad handler call must not stop the watch
-                log.exception("node_handler_failed", node=name)
+                log.exception(f"{self._what}_handler_failed", **{self._what: name})
 
     async def _relist(self) -> str:
-        items, resource_version = await list_nodes(self._kube)
+        items, resource_version = await list_all(self._kube, self._path, field_selector=self._field_selector)
         self.relists += 1
         fresh = {str((i.get("metadata") or {}).get("name")): slim(i) for i in items}
         old_store = self.store
@@ -96,7 +106,7 @@ class NodeWatcher:
             await self._emit(name, old_store[name], None)
         self.last_activity = time.monotonic()
         self.synced.set()
-        log.info("nodes_listed", count=len(fresh), resource_version=resource_version)
+        log.info(f"{self._what}s_listed", count=len(fresh), resource_version=resource_version)
         return resource_version
 
     async def run(self) -> None:
@@ -111,19 +121,19 @@ class NodeWatcher:
                 self.last_activity = time.monotonic()  # a watch that ran its course is a healthy watch
                 backoff = 0.5
             except Gone:
-                log.info("node_watch_expired", reason="410 Gone: relisting")
+                log.info(f"{self._what}_watch_expired", reason="410 Gone: relisting")
                 resource_version = None
                 self._restarted("gone")
             except asyncio.CancelledError:
                 raise
             except KubeError as exc:
                 self._restarted("error")
-                log.warning("node_watch_failed", retry_in=round(backoff, 2), **exc.log_fields())
+                log.warning(f"{self._what}_watch_failed", retry_in=round(backoff, 2), **exc.log_fields())
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self._max_backoff)
             except Exception:
                 self._restarted("error")
-                log.exception("node_watch_crashed", retry_in=round(backoff, 2))
+                log.exception(f"{self._what}_watch_crashed", retry_in=round(backoff, 2))
                 resource_version = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
@@ -140,7 +150,9 @@ class NodeWatcher:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": int(self._watch_timeout),
         }
-        async for event in self._kube.stream(NODES, query=query, timeout=self._watch_timeout + 30):
+        if self._field_selector:
+            query["fieldSelector"] = self._field_selector
+        async for event in self._kube.stream(self._path, query=query, timeout=self._watch_timeout + 30):
             self.last_activity = time.monotonic()
             etype = event.get("type")
             obj = event.get("object")
@@ -150,9 +162,9 @@ class NodeWatcher:
                 code = obj.get("code")
                 if code == 410:
                     raise Gone(str(obj.get("message", "too old resource version")), status=410, method="WATCH",
-                               path=NODES)
+                               path=self._path)
                 raise KubeError(str(obj.get("message", "watch error")), status=code if isinstance(code, int)
-                                else None, method="WATCH", path=NODES)
+                                else None, method="WATCH", path=self._path)
             meta = obj.get("metadata") or {}
             new_rv = meta.get("resourceVersion")
             if isinstance(new_rv, str) and new_rv:
@@ -171,3 +183,12 @@ class NodeWatcher:
                 old = self.store.pop(name, None)
                 await self._emit(name, old, None)
         return resource_version
+
+
+class NodeWatcher(ListWatcher):
+    """Keeps ``store`` (name → Node dict) in sync with the API server."""
+
+    def __init__(self, kube: KubeTransport, *, watch_timeout: float = 300.0, max_backoff: float = 30.0,
+                 on_restart: Callable[[str], None] | None = None) -> None:
+        super().__init__(kube, path=NODES, what="node", watch_timeout=watch_timeout, max_backoff=max_backoff,
+                         on_restart=on_restart)
