@@ -1,0 +1,252 @@
+"""The CSR approver: a watch of kubelet-serving CSRs → de-duplicating queue → workers → decide → write once.
+
+Each CSR gets one decision: approved, denied, or left pending with a Warning Event on the requesting Node and a
+``csr_decided`` log line naming the failed check. Only a check that can still pass by itself (the Node is not
+there or not initialized yet, the server is not in the snapshot, the cloud is unavailable) is decided again:
+with backoff, and at once when the requesting Node is added or initialized. Inputs are the daemon's own:
+the node watcher's store and the shared server snapshot (one listing for all nodes, refreshed once on a miss
+and once when an IP SAN is unknown, as a DHCP address may have just changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from cachetools import TTLCache
+
+from ccm.csr.apply import CSRS, get_csr, write_condition
+from ccm.csr.decide import (
+    IP_SAN,
+    Decision,
+    ServerLookup,
+    Verdict,
+    address_claims,
+    check_node,
+    check_request,
+    decide,
+)
+from ccm.csr.request import KUBELET_SERVING, CSRView, csr_view
+from ccm.kube.errors import Conflict, Forbidden, KubeNotFound
+from ccm.kube.events import EventRecorder
+from ccm.kube.transport import JSON, KubeTransport
+from ccm.kube.watching import ListWatcher, NodeWatcher
+from ccm.metrics import Metrics
+from ccm.nodes.matching import MatchKind, match_server
+from ccm.nodes.view import NodeView, node_view
+from ccm.servercache import ServerCache, ServerSnapshot
+from ccm.workqueue import ShutDown, WorkQueue
+from cloudsigma.addresses import server_addresses
+from cloudsigma.errors import CloudSigmaError
+from credentials.base import CredentialError
+
+log = structlog.get_logger(__name__)
+
+RBAC_HINT = ("grant the CCM's tenant identity the ClusterRole of deploy/tenant/csr-approval "
+             "(certificatesigningrequests/approval update, signers approve on kubernetes.io/kubelet-serving)")
+
+
+def _node_key(node: JSON | None) -> tuple[Any, ...]:
+    """What a waiting decision depends on: the Node's existence, providerID, taints and addresses."""
+    if node is None:
+        return ()
+    view = node_view(node)
+    return (view.uid, view.provider_id, view.uninitialized, view.addresses)
+
+
+class CSRController:
+    """Approves kubelet-serving CSRs that pass every check of :mod:`ccm.csr.decide`."""
+
+    def __init__(self, *, kube: KubeTransport, nodes: NodeWatcher, cache: ServerCache, events: EventRecorder,
+                 metrics: Metrics, deny: bool = False, workers: int = 2, watch_timeout: float = 300.0,
+                 queue: WorkQueue | None = None) -> None:
+        self._kube = kube
+        self._nodes = nodes
+        self._cache = cache
+        self._events = events
+        self._metrics = metrics
+        self._deny = deny
+        self._workers = workers
+        self.watcher = ListWatcher(kube, path=CSRS, what="csr", field_selector=f"spec.signerName={KUBELET_SERVING}",
+                                   watch_timeout=watch_timeout)
+        self.queue = queue or WorkQueue(base_delay=1.0, max_delay=300.0)
+        #: uid → verdict of CSRs decided for good (approved, denied, left pending): one decision per CSR.
+        self._final: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=2 * 86400)
+        #: node name → CSRs waiting for that node to appear or be initialized.
+        self._waiting: dict[str, set[str]] = {}
+        #: uid → the check last reported for a waiting CSR (one Event per reason, not one per retry).
+        self._noted: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=2 * 86400)
+        self.watcher.add_handler(self._on_csr)
+        nodes.add_handler(self._on_node)
+
+    # ------------------------------------------------------------------ events in
+
+    def _on_csr(self, name: str, old: JSON | None, new: JSON | None) -> None:
+        if new is None:
+            self.queue.remove(name)
+            requestor = str(((old or {}).get("spec") or {}).get("username") or "")
+            self._waiting.get(requestor.removeprefix("system:node:"), set()).discard(name)
+            return
+        uid = str((new.get("metadata") or {}).get("uid", ""))
+        conditions = {c.get("type") for c in (new.get("status") or {}).get("conditions") or [] if isinstance(c, dict)}
+        if uid in self._final or conditions & {"Approved", "Denied"}:
+            return
+        self.queue.add(name)
+
+    def _on_node(self, name: str, old: JSON | None, new: JSON | None) -> None:
+        if name in self._waiting and _node_key(old) != _node_key(new):
+            for csr in self._waiting.pop(name):
+                self.queue.add(csr)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Watch and decide until cancelled. Decisions start once the node store is synced."""
+        watch = asyncio.create_task(self.watcher.run(), name="csr-watch")
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._nodes.synced.wait()
+            tasks = [asyncio.create_task(self._worker(i), name=f"csr-worker-{i}") for i in range(self._workers)]
+            await asyncio.gather(*tasks)
+        finally:
+            for task in (watch, *tasks):
+                task.cancel()
+            await asyncio.gather(watch, *tasks, return_exceptions=True)
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            try:
+                name = await self.queue.get()
+            except ShutDown:
+                return
+            try:
+                decision = await self.process(name)
+                if decision is not None and decision.verdict is Verdict.WAIT:
+                    self.queue.add_rate_limited(name)
+                else:
+                    self.queue.forget(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad CSR must never stop a worker
+                log.exception("csr_decision_crashed", csr=name, worker=index)
+                self.queue.add_rate_limited(name)
+            finally:
+                self.queue.done(name)
+
+    # ------------------------------------------------------------------ one CSR
+
+    async def process(self, name: str) -> Decision | None:
+        """Decide ``name`` and write the decision; ``None`` when the CSR is gone. Re-reads and decides again
+        when the write meets a newer version of the CSR."""
+        obj = self.watcher.store.get(name)
+        started = time.monotonic()
+        for _ in range(3):
+            if obj is None:
+                return None
+            view = csr_view(obj)
+            if view.uid in self._final:
+                return Decision(Verdict.SKIP)
+            decision = await self.decide(view)
+            if decision.verdict in (Verdict.APPROVE, Verdict.DENY):
+                approve = decision.verdict is Verdict.APPROVE
+                try:
+                    await write_condition(self._kube, obj, approve=approve, message=decision.message if approve
+                                          else f"check {decision.check} failed: {decision.message}")
+                except Conflict:
+                    try:
+                        obj = await get_csr(self._kube, name)
+                    except KubeNotFound:
+                        return None
+                    continue
+                except KubeNotFound:
+                    return None
+                except Forbidden as exc:
+                    log.error("csr_approval_forbidden", csr=name, hint=RBAC_HINT, **exc.log_fields())
+                    decision = Decision(Verdict.WAIT, check="rbac", message=f"{exc.message}; {RBAC_HINT}",
+                                        node=decision.node, server_uuid=decision.server_uuid)
+            self._report(view, decision, time.monotonic() - started)
+            return decision
+        return None
+
+    async def decide(self, view: CSRView) -> Decision:
+        """Gather the inputs (node from the store, server from the snapshot) and decide, in pure code."""
+        node_obj = self._nodes.store.get(view.requesting_node) if view.requesting_node else None
+        node = node_view(node_obj) if node_obj is not None else None
+        if view.signer_name != KUBELET_SERVING or view.decided or check_request(view) or check_node(view, node):
+            return decide(view, node, None, deny=self._deny)
+        assert node is not None
+        lookup, snapshot = await self._lookup(node)
+        decision = decide(view, node, lookup, deny=self._deny, claims=self._claims(view, lookup))
+        if decision.check == IP_SAN and snapshot is not None:
+            # A DHCP address may have changed since the snapshot was taken: ask once more before saying no.
+            lookup, _ = await self._lookup(node, newer_than=snapshot.fetched_at)
+            decision = decide(view, node, lookup, deny=self._deny, claims=self._claims(view, lookup))
+        return decision
+
+    async def _lookup(self, node: NodeView, *,
+                      newer_than: float | None = None) -> tuple[ServerLookup, ServerSnapshot | None]:
+        try:
+            snapshot = (await self._cache.refresh(newer_than=newer_than) if newer_than is not None
+                        else await self._cache.get())
+            match = match_server(node, snapshot.by_uuid, snapshot.by_name)
+            if match.kind is not MatchKind.FOUND:
+                snapshot = await self._cache.refresh(newer_than=snapshot.fetched_at)
+                match = match_server(node, snapshot.by_uuid, snapshot.by_name)
+        except (CloudSigmaError, CredentialError) as exc:
+            return ServerLookup(None, f"the cloud cannot be asked: {exc}"), None
+        if match.kind is MatchKind.FOUND and match.server is not None:
+            return ServerLookup(match.server), snapshot
+        return ServerLookup(None, f"server {match.provider_uuid or '?'} of spec.providerID is not among the "
+                            f"{len(snapshot.servers)} servers of the account"), snapshot
+
+    def _claims(self, view: CSRView, lookup: ServerLookup) -> dict[str, tuple[str, ...]]:
+        """Other Nodes' claims on the requested IPs; only needed (and computed) for servers with a private VLAN."""
+        if view.request is None or lookup.server is None or not server_addresses(lookup.server).private_nics:
+            return {}
+        nodes = (node_view(n) for n in self._nodes.store.values())
+        return address_claims(nodes, view.request.ip_addresses)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _report(self, view: CSRView, decision: Decision, duration: float) -> None:
+        if decision.verdict is Verdict.SKIP:
+            return
+        self._metrics.reconciles.labels("csr", decision.verdict.value).inc()
+        self._metrics.reconcile_duration.labels("csr").observe(duration)
+        fields: dict[str, Any] = {"csr": view.name, "requestor": view.username, "node": decision.node or None,
+                                  "verdict": decision.verdict.value, "check": decision.check or None,
+                                  "reason": decision.message, "server_uuid": decision.server_uuid or None,
+                                  "duration_ms": round(duration * 1000, 1)}
+        if decision.verdict is Verdict.WAIT:
+            log.info("csr_decided", **fields)
+            if decision.node:
+                self._waiting.setdefault(decision.node, set()).add(view.name)
+            if self._noted.get(view.uid) == decision.check:
+                return
+            self._noted[view.uid] = decision.check
+            self._event(decision, "Normal", "CertificateWaiting",
+                        f"kubelet-serving CSR {view.name} waits: check {decision.check}: {decision.message}")
+            return
+        self._final[view.uid] = decision.verdict.value
+        self._noted.pop(view.uid, None)
+        if decision.verdict is Verdict.APPROVE:
+            log.info("csr_decided", **fields)
+            self._event(decision, "Normal", "CertificateApproved", f"kubelet-serving CSR {view.name} approved: "
+                        f"{decision.message}")
+        elif decision.verdict is Verdict.DENY:
+            log.warning("csr_decided", **fields)
+            self._event(decision, "Warning", "CertificateDenied", f"kubelet-serving CSR {view.name} denied: "
+                        f"check {decision.check} failed: {decision.message}")
+        else:
+            log.warning("csr_decided", **fields)
+            self._event(decision, "Warning", "CertificateLeftPending", f"kubelet-serving CSR {view.name} left "
+                        f"pending: check {decision.check} failed: {decision.message}")
+
+    def _event(self, decision: Decision, type_: str, reason: str, message: str) -> None:
+        """Events go to the requesting Node (``kubectl describe node``); a requestor that is no node has none."""
+        if not decision.node:
+            return
+        node = self._nodes.store.get(decision.node) or {"metadata": {"name": decision.node}}
+        self._events.record(node, type_, reason, message)
