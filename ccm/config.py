@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     zone: str | None = Field(None, description="Zone label value; default: the region.")
     watch_timeout: float = Field(300.0, description="Server-side timeout of one node watch request.")
     shutdown_timeout: float = Field(20.0, description="Longest in-flight reconciles may take on SIGTERM.")
+    csr_approval: Literal["off", "approve", "approve-or-deny"] = Field(
+        "off", description="Kubelet-serving CSRs: off; approve those whose node, subject, usages, key and "
+        "SANs check out against the cloud (others stay pending); approve-or-deny: deny the others. Needs "
+        "deploy/tenant/csr-approval.")
 
     # -- leader election (management cluster) --
     leader_elect: bool = Field(True, description="Use a Lease so only one replica reconciles.")

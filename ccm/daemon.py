@@ -20,6 +20,7 @@ from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.config import Settings
+from ccm.csr.controller import CSRController
 from ccm.health import HealthState, create_app, start_server
 from ccm.kube.clients import api_client, in_cluster_namespace
 from ccm.kube.events import EventRecorder
@@ -78,6 +79,7 @@ class Components:
     events: EventRecorder
     controller: NodeController
     lifecycle: LifecycleController
+    csr: CSRController | None = None
 
     async def close(self) -> None:
         await self.client.close()
@@ -127,7 +129,11 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
         monitor_period=settings.node_monitor_period, grace_period=settings.node_deletion_grace_period,
         deletion_enabled=settings.node_deletion_enabled, use_system_uuid=settings.node_lookup_by_system_uuid,
     )
-    return Components(settings, metrics, chain, client, cache, tenant, kube, watcher, events, controller, lifecycle)
+    csr = (CSRController(kube=kube, nodes=watcher, cache=cache, events=events, metrics=metrics,
+                         deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
+           if settings.csr_approval != "off" else None)
+    return Components(settings, metrics, chain, client, cache, tenant, kube, watcher, events, controller, lifecycle,
+                      csr)
 
 
 async def run_controllers(parts: Components, health: HealthState | None = None) -> None:
@@ -139,7 +145,10 @@ async def run_controllers(parts: Components, health: HealthState | None = None) 
             health.synced = True
         log.info("initial_node_sync_done", nodes=len(parts.watcher.store))
 
-    tasks = [asyncio.create_task(coro) for coro in (parts.watcher.run(), parts.lifecycle.run(), mark_synced())]
+    coros = [parts.watcher.run(), parts.lifecycle.run(), mark_synced()]
+    if parts.csr is not None:
+        coros.append(parts.csr.run())
+    tasks = [asyncio.create_task(coro) for coro in coros]
     try:
         await parts.controller.run()
     finally:
