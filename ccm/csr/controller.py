@@ -71,7 +71,8 @@ class CSRController:
         self._workers = workers
         self.watcher = ListWatcher(kube, path=CSRS, what="csr", field_selector=f"spec.signerName={KUBELET_SERVING}",
                                    watch_timeout=watch_timeout)
-        self.queue = queue or WorkQueue(base_delay=1.0, max_delay=300.0)
+        # Not "queue or ...": an empty WorkQueue is falsy.
+        self.queue = queue if queue is not None else WorkQueue(base_delay=1.0, max_delay=300.0)
         #: uid → verdict of CSRs decided for good (approved, denied, left pending): one decision per CSR.
         self._final: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=2 * 86400)
         #: node name → CSRs waiting for that node to appear or be initialized.

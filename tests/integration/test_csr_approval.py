@@ -20,8 +20,10 @@ import structlog
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.csr.apply import APPROVED_REASON, CSRS, DENIED_REASON
+from ccm.csr.controller import CSRController
 from ccm.kube.errors import Forbidden, KubeNotFound
 from ccm.kube.transport import KubeTransport
+from ccm.workqueue import WorkQueue
 from tests.emulator import EmulatorServer, EmulatorState, private_vlan_nic, public_dhcp_nic, public_static_nic
 from tests.integration.harness import ALICE, events_for, node_json, running_ccm, taint_keys, two_users
 from tests.realenv.kube_fixtures import api_client_for
@@ -156,7 +158,8 @@ BAD_REQUESTS = {
     "other-nodes-ip": ({"ips": [B_IP]}, "ip-san"),
     "foreign-dns-name": ({"dns": ["csr-a", "kubernetes.default.svc"], "ips": [A_IP]}, "dns-san"),
     "another-nodes-identity": ({"cn": "system:node:csr-b", "dns": ["csr-b"], "ips": [B_IP]}, "subject"),
-    "client-auth-usage": ({"ips": [A_IP], "usages": ["digital signature", "client auth"]}, "usages"),
+    # A serving request that also asks for client auth: the certificate would authenticate as the node.
+    "client-auth-usage": ({"ips": [A_IP], "usages": [*ECDSA_USAGES, "client auth"]}, "usages"),
 }
 
 
@@ -168,7 +171,10 @@ async def test_bad_request_is_left_pending_with_event_and_log(
     async with two_nodes(world, emulator, kube_apiserver, kube_api) as logs:
         name = await Kubelet(kube_apiserver, "csr-a").request(**args)
         warning = await wait_for(lambda: event(kube_api, "csr-a", "CertificateLeftPending", name), 15)
-        await asyncio.sleep(0.5)  # nothing else happens to it
+        # One decision per CSR: a change to it (here a label, as a human reviewing it might add) decides nothing.
+        await KubeTransport(kube_api).request("PATCH", f"{CSRS}/{name}", content_type="application/merge-patch+json",
+                                              body={"metadata": {"labels": {"reviewed": "no"}}})
+        await asyncio.sleep(0.5)
         assert await condition(kube_api, name) is None  # still pending: neither approved nor denied
     assert warning["type"] == "Warning" and f"check {check} failed" in warning["message"]
     [line] = decided(logs, name)
@@ -205,17 +211,26 @@ async def test_kubelet_internal_ip_on_a_private_vlan_is_approved(
 
 async def test_request_waits_for_initialization_then_is_approved(
         world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
-    """A CSR that arrives before the node is initialized is decided again when the node is, not left behind."""
+    """A CSR that arrives before its node is initialized waits (never denied), and is decided again as soon as
+    the node is initialized — not when its backoff (two minutes here) runs out."""
     await register_node(kube_api, "csr-late")  # its server does not exist yet: the node stays tainted
-    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, csr_approval="approve-or-deny",
-                           server_cache_max_age="0.5s"):
-        name = await Kubelet(kube_apiserver, "csr-late").request(ips=[A_IP])
-        waiting = await wait_for(lambda: event(kube_api, "csr-late", "CertificateWaiting", name), 15)
-        assert "check initialized" in waiting["message"]
-        assert await condition(kube_api, name) is None  # waiting is never denying
-        world.add_server(ALICE, "csr-late", nics=[public_dhcp_nic(A_IP)])
-        await wait_for(lambda: initialized(kube_api, "csr-late"), 20)
-        cond = await wait_for(lambda: condition(kube_api, name), 15)
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, server_cache_max_age="0.5s") as ccm:
+        parts = ccm.parts
+        approver = CSRController(kube=parts.kube, nodes=parts.watcher, cache=parts.cache, events=parts.events,
+                                 metrics=parts.metrics, deny=True, queue=WorkQueue(base_delay=120, max_delay=120))
+        task = asyncio.create_task(approver.run())
+        try:
+            name = await Kubelet(kube_apiserver, "csr-late").request(ips=[A_IP])
+            waiting = await wait_for(lambda: event(kube_api, "csr-late", "CertificateWaiting", name), 15)
+            assert "check initialized" in waiting["message"]
+            assert await condition(kube_api, name) is None  # waiting is never denying
+            assert approver.queue.delayed == 1  # retried in ~2 minutes
+            world.add_server(ALICE, "csr-late", nics=[public_dhcp_nic(A_IP)])
+            await wait_for(lambda: initialized(kube_api, "csr-late"), 20)
+            cond = await wait_for(lambda: condition(kube_api, name), 10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     assert cond["type"] == "Approved"
 
 
