@@ -80,7 +80,10 @@ class CSRController:
         #: uid → the check last reported for a waiting CSR (one Event per reason, not one per retry).
         self._noted: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=2 * 86400)
         self.watcher.add_handler(self._on_csr)
+        # Node changes come from the watch and from the node controller's own writes (initialization above all),
+        # whose watch events the node watcher drops as no news.
         nodes.add_handler(self._on_node)
+        nodes.add_observer(self._on_node)
 
     # ------------------------------------------------------------------ events in
 
@@ -88,7 +91,7 @@ class CSRController:
         if new is None:
             self.queue.remove(name)
             requestor = str(((old or {}).get("spec") or {}).get("username") or "")
-            self._waiting.get(requestor.removeprefix("system:node:"), set()).discard(name)
+            self._stop_waiting(requestor.removeprefix("system:node:"), name)
             return
         uid = str((new.get("metadata") or {}).get("uid", ""))
         conditions = {c.get("type") for c in (new.get("status") or {}).get("conditions") or [] if isinstance(c, dict)}
@@ -98,8 +101,15 @@ class CSRController:
 
     def _on_node(self, name: str, old: JSON | None, new: JSON | None) -> None:
         if name in self._waiting and _node_key(old) != _node_key(new):
-            for csr in self._waiting.pop(name):
-                self.queue.add(csr)
+            for csr in self._waiting[name]:
+                self.queue.add(csr)  # one that is being decided right now runs again afterwards
+
+    def _stop_waiting(self, node: str, csr: str) -> None:
+        waiting = self._waiting.get(node)
+        if waiting is not None:
+            waiting.discard(csr)
+            if not waiting:
+                del self._waiting[node]
 
     # ------------------------------------------------------------------ running
 
@@ -232,6 +242,7 @@ class CSRController:
             return
         self._final[view.uid] = decision.verdict.value
         self._noted.pop(view.uid, None)
+        self._stop_waiting(decision.node, view.name)
         if decision.verdict is Verdict.APPROVE:
             log.info("csr_decided", **fields)
             self._event(decision, "Normal", "CertificateApproved", f"kubelet-serving CSR {view.name} approved: "

@@ -65,6 +65,7 @@ class ListWatcher:
         self._watch_timeout = watch_timeout
         self._max_backoff = max_backoff
         self._handlers: list[Handler] = []
+        self._observers: list[Callable[[str, JSON | None, JSON], None]] = []
         self._on_restart = on_restart
         self.store: dict[str, JSON] = {}
         self.synced = asyncio.Event()
@@ -76,6 +77,11 @@ class ListWatcher:
     def add_handler(self, handler: Handler) -> None:
         self._handlers.append(handler)
 
+    def add_observer(self, observer: Callable[[str, JSON | None, JSON], None]) -> None:
+        """Also tell ``observer(name, old, new)`` of the writes recorded by :meth:`observe`, whose watch events
+        handlers never see (for a controller that waits on another controller's writes)."""
+        self._observers.append(observer)
+
     def observe(self, obj: JSON) -> None:
         """Record a Node we just wrote (the API's answer), so the watch event of our own write is no news and
         a reconcile right after it reads the current object. Never moves the store backwards."""
@@ -84,6 +90,11 @@ class ListWatcher:
         new_rv, old_rv = _rv(obj), _rv(current)
         if current is not None and (new_rv is None or old_rv is None or new_rv > old_rv):
             self.store[name] = slim(obj)
+            for observer in self._observers:
+                try:
+                    observer(name, current, obj)
+                except Exception:  # an observer's bug must not fail the write that was just made
+                    log.exception(f"{self._what}_observer_failed", **{self._what: name})
 
     async def _emit(self, name: str, old: JSON | None, new: JSON | None) -> None:
         for handler in self._handlers:
