@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -46,6 +47,14 @@ log = structlog.get_logger(__name__)
 
 RBAC_HINT = ("grant the CCM's tenant identity the ClusterRole of deploy/tenant/csr-approval "
              "(certificatesigningrequests/approval update, signers approve on kubernetes.io/kubelet-serving)")
+
+
+def _predates(snapshot: ServerSnapshot, view: CSRView) -> bool:
+    """Was the snapshot taken before the CSR was created (creationTimestamp has whole seconds: 1 s slack)?"""
+    if view.created is None:
+        return True
+    fetched = datetime.now(UTC) - timedelta(seconds=snapshot.age())
+    return fetched < view.created + timedelta(seconds=1)
 
 
 def _node_key(node: JSON | None) -> tuple[Any, ...]:
@@ -179,7 +188,8 @@ class CSRController:
                                         node=decision.node, server_uuid=decision.server_uuid)
             self._report(view, decision, time.monotonic() - started)
             return decision
-        return None
+        log.warning("csr_write_conflicts", csr=name, attempts=3)  # changing under us: decide again later
+        return Decision(Verdict.WAIT, check="conflict")
 
     async def decide(self, view: CSRView) -> Decision:
         """Gather the inputs (node from the store, server from the snapshot) and decide, in pure code."""
@@ -190,8 +200,9 @@ class CSRController:
         assert node is not None
         lookup, snapshot = await self._lookup(node)
         decision = decide(view, node, lookup, deny=self._deny, claims=self._claims(view, lookup))
-        if decision.check == IP_SAN and snapshot is not None:
-            # A DHCP address may have changed since the snapshot was taken: ask once more before saying no.
+        if decision.check == IP_SAN and snapshot is not None and _predates(snapshot, view):
+            # A DHCP address may have changed just before the kubelet asked: look once more before saying no.
+            # (Only for a snapshot older than the CSR, so a flood of bad CSRs costs one listing a second at most.)
             lookup, _ = await self._lookup(node, newer_than=snapshot.fetched_at)
             decision = decide(view, node, lookup, deny=self._deny, claims=self._claims(view, lookup))
         return decision

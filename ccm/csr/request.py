@@ -11,12 +11,15 @@ import base64
 import binascii
 import ipaddress
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
+
+from ccm.nodes.view import parse_time
 
 KUBELET_SERVING = "kubernetes.io/kubelet-serving"
 NODE_USER_PREFIX = "system:node:"
@@ -83,6 +86,7 @@ class CSRView:
     conditions: tuple[str, ...]
     request: RequestFacts | None
     request_error: str = ""
+    created: datetime | None = None
 
     @property
     def decided(self) -> bool:
@@ -202,4 +206,5 @@ def csr_view(obj: dict[str, Any]) -> CSRView:
         conditions=conditions,
         request=request,
         request_error=error,
+        created=parse_time(meta.get("creationTimestamp")),
     )
