@@ -216,6 +216,7 @@ async def test_request_waits_for_initialization_then_is_approved(
     await register_node(kube_api, "csr-late")  # its server does not exist yet: the node stays tainted
     async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, server_cache_max_age="0.5s") as ccm:
         parts = ccm.parts
+        assert parts.csr is None  # off unless chosen: the daemon runs no approver of its own here
         approver = CSRController(kube=parts.kube, nodes=parts.watcher, cache=parts.cache, events=parts.events,
                                  metrics=parts.metrics, deny=True, queue=WorkQueue(base_delay=120, max_delay=120))
         task = asyncio.create_task(approver.run())
