@@ -111,6 +111,10 @@ class ServerCache:
     def current(self) -> ServerSnapshot | None:
         return self._snapshot
 
+    def now(self) -> float:
+        """The cache's clock: compare with :attr:`ServerSnapshot.fetched_at` (``refresh(newer_than=...)``)."""
+        return self._clock()
+
     @property
     def failing(self) -> bool:
         """The last listing failed (or a Retry-After window is open)."""

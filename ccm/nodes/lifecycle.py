@@ -154,6 +154,8 @@ class LifecycleController:
             return plan_shutdown_taint(fresh, match.server.status)
 
         result = await self._applier.apply(node, plan, replan)
+        if result.superseded or result.abandoned:
+            return  # the node was replaced or no longer matches: the next check decides again
         added = any(t.get("key") == SHUTDOWN_TAINT for t in plan.taints or ())
         log.info("node_shutdown_taint", node=view.name, action="added" if added else "removed",
                  server_status=status, writes=result.writes)
@@ -194,7 +196,7 @@ class LifecycleController:
             uuid = parse_provider_id(view.provider_id)
         except ForeignProviderID:
             return None
-        started = time.monotonic()
+        started = self._cache.now()
         try:
             await self._client.get_server(uuid)
         except ServerNotFound as exc:
