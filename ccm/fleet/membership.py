@@ -159,8 +159,11 @@ class Membership:
             expiry = self.tracker.next_expiry(now)
             # Wake at the next expiry (a hair after, so it has passed) or on news; at least every forget check.
             timeout = min(self.options.forget_after / 4, (expiry - now + 0.01) if expiry is not None else 60.0)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as
+            # the event is set, and this loop would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, timeout))
+                async with asyncio.timeout(max(0.01, timeout)):
+                    await self._wake.wait()
             self._wake.clear()
             await self._judge()
             await self._forget_silent()
@@ -171,7 +174,8 @@ class Membership:
             return
         joined, left = sorted(live - self.live), sorted(self.live - live)
         self.live = live
-        log.info("fleet_members_changed", members=len(live), joined=joined or None, left=left or None)
+        log.info("fleet_members_changed", identity=self.options.identity, members=len(live), joined=joined or None,
+                 left=left or None)
         for handler in self._handlers:
             try:
                 result = handler(live)

@@ -114,8 +114,12 @@ class Informer:
                 del self.store[key]
                 await self._emit(key, old, None)
             return
-        if old == new:
-            return  # a relist or a repeated event: no news
+        if old is not None:
+            # A relist or a repeated event: no news. (Compare versions: list items lack the kind and
+            # apiVersion that watch events carry, so equal objects do not always compare equal.)
+            version = resource_version(old)
+            if (version is not None and version == resource_version(new)) or old == new:
+                return
         self.store[key] = new
         await self._emit(key, old, new)
 

@@ -3,15 +3,17 @@ member Lease names that are valid whatever the identity."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccm.fleet.announce import check_fleet_name, member_lease_name
-from ccm.fleet.membership import LivenessTracker
+from ccm.fleet.membership import LivenessTracker, Membership, MembershipOptions
+from ccm.kube.transport import KubeTransport
 
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -78,3 +80,18 @@ def test_lease_names_are_readable_and_fleet_names_checked() -> None:
     assert check_fleet_name("prod-fleet") == "prod-fleet"
     with pytest.raises(ValueError, match="fleet name 'Prod_Fleet' is not usable"):
         check_fleet_name("Prod_Fleet")
+
+
+async def test_the_judging_loop_stops_when_cancelled_just_as_news_arrives() -> None:
+    # Python 3.11's asyncio.wait_for returns the inner result instead of raising when a cancellation meets a
+    # completed wait: the loop then runs on forever and the replica never shuts down (seen in the sharding test).
+    membership = Membership(cast(KubeTransport, object()), MembershipOptions(namespace="ns", identity="a"),
+                            announce=False)
+    task = asyncio.create_task(membership._judge_forever())
+    await asyncio.sleep(0.05)
+    membership._wake.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    if not done:
+        task.cancel()
+    assert done and task.cancelled(), "the judging loop swallowed its cancellation"
