@@ -28,12 +28,18 @@ cluster-name]``                        infrastructure object); else the ``ownerR
                                        provider in favour of impersonation.
 ``status.ready``, ``conditions``,      not read: infrastructure readiness says nothing about whether the
 ``failureReason``/``failureMessage``   tenant's API server answers; we serve whatever the kubeconfig reaches.
+``metadata.deletionTimestamp``,        not read: a cluster being deleted (or paused by Cluster API) still
+annotation ``cluster.x-k8s.io/paused`` has nodes that need the CCM; it is served until its object is gone.
 =====================================  ===============================================================
 
 Cluster API kubeconfig Secret — ``<cluster>-kubeconfig`` in the Cluster's namespace (the CloudSigmaCluster's:
-Cluster API keeps a Cluster and its infrastructure object in one namespace), written by the control-plane
-provider, type ``cluster.x-k8s.io/secret``, label ``cluster.x-k8s.io/cluster-name=<cluster>``, the kubeconfig
-in data key ``value``. It is rotated in place (same name, new content) when certificates are renewed.
+Cluster API keeps a Cluster and its infrastructure object in one namespace), the kubeconfig in data key
+``value`` (Cluster controller docs, "Kubeconfig Secrets"). The control-plane provider writes it, type
+``cluster.x-k8s.io/secret``, and the ControlPlane contract requires the label
+``cluster.x-k8s.io/cluster-name=<cluster>`` on it ("Kubeconfig management"), which is what lets one watch
+select these Secrets. It is rotated in place (same name, new content) when client certificates are renewed.
+A hand-made ("bring your own") kubeconfig Secret may lack the label: label it, or widen
+:attr:`ccm.fleet.discovery.DiscoveryOptions.secret_selector`.
 """
 
 from __future__ import annotations
