@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -252,10 +253,10 @@ class TenantDiscovery:
             for handler in self._handlers:
                 try:
                     result = handler(event)
-                    if result is not None:
+                    if inspect.isawaitable(result):
                         await result
                 except Exception:
-                    log.exception("tenant_handler_failed", tenant=key, event=event.type.value)
+                    log.exception("tenant_handler_failed", tenant=key, change=event.type.value)
 
     def _problem(self, key: str, exc: TenantError, *, serving: bool) -> None:
         previous = self.problems.get(key)

@@ -14,6 +14,7 @@ object that stops qualifying is reported as deleted).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -101,7 +102,7 @@ class Informer:
         for handler in self._handlers:
             try:
                 result = handler(key, old, new)
-                if result is not None:
+                if inspect.isawaitable(result):
                     await result
             except Exception:  # one bad handler call must not stop the watch
                 log.exception("informer_handler_failed", informer=self.name, key=key)

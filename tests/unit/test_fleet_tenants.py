@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import copy
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from ccm.fleet.discovery import (
+    TenantDiscovery,
+    TenantEvent,
     TenantEventType,
     desired_tenant,
     slim_cluster,
@@ -31,6 +34,7 @@ from ccm.fleet.tenants import (
     parse_kubeconfig_secret,
     parse_tenant,
 )
+from ccm.kube.transport import KubeTransport
 
 SECRET_MARK = "c2VjcmV0LWtleS1kYXRh-DO-NOT-LEAK"
 PROPERTY = settings(max_examples=300, deadline=None, database=None,
@@ -287,3 +291,25 @@ def test_stored_objects_keep_only_what_is_read() -> None:
     kept = slim_secret(full)
     assert kept is not None and set(kept["data"]) == {"value"} and "annotations" not in kept["metadata"]
     assert slim_secret(secret(name="c1-ca")) is None, "only <cluster>-kubeconfig Secrets are kept"
+
+
+async def test_a_failing_or_odd_handler_never_stops_the_others_nor_discovery() -> None:
+    discovery = TenantDiscovery(cast(KubeTransport, object()))
+    discovery.clusters.store["team-a/c1"] = cluster()
+    discovery.secrets.store["team-a/c1-kubeconfig"] = secret()
+    discovery.synced.set()
+    received: list[TenantEvent] = []
+
+    def broken(event: TenantEvent) -> None:
+        raise RuntimeError("handler bug")
+
+    discovery.add_handler(broken)
+    discovery.add_handler(lambda event: 42)  # type: ignore[arg-type, return-value]  # returns a non-awaitable
+    discovery.add_handler(received.append)
+    with capture_logs() as logs:
+        await discovery._touch(["team-a/c1"])
+    assert [e.type for e in received] == [TenantEventType.ADDED]
+    assert set(discovery.tenants) == {"team-a/c1"}
+    failures = [e for e in logs if e["event"] == "tenant_handler_failed"]
+    assert [(e["tenant"], e["change"]) for e in failures] == [("team-a/c1", "added")]
+    assert not [e for e in logs if e["event"] == "tenant_evaluation_failed"]
