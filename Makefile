@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup realenv lint test unit demo bench clean
+.PHONY: setup lock realenv lint test unit demo bench clean
 
-## setup: a virtualenv with the package and its dev tools
+## setup: a virtualenv with the package and its dev tools, exactly the hashed pins of requirements/dev.txt
 setup: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --only-binary=:all: -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+## lock: regenerate requirements/{runtime,build,dev}.txt from pyproject.toml (UPGRADE=1: newest allowed versions)
+lock: setup
+	UPGRADE=$(UPGRADE) bash scripts/lock.sh
 
 ## realenv: build the test kube-apiserver (Go module proxy) and fetch Keycloak (Maven Central), cached per machine
 realenv:
