@@ -12,6 +12,7 @@ import structlog
 from cachetools import TTLCache
 
 from ccm.kube.errors import KubeError
+from ccm.kube.permissions import EVENTS_NAMESPACE
 from ccm.kube.transport import KubeTransport
 
 log = structlog.get_logger(__name__)
@@ -26,7 +27,7 @@ def _now() -> str:
 class EventRecorder:
     """Creates core/v1 Events for Nodes; the same (node, reason, message) at most once per ``repeat_after``."""
 
-    def __init__(self, kube: KubeTransport, *, namespace: str = "default", repeat_after: float = 300.0,
+    def __init__(self, kube: KubeTransport, *, namespace: str = EVENTS_NAMESPACE, repeat_after: float = 300.0,
                  host: str = "") -> None:
         self._kube = kube
         self._namespace = namespace
