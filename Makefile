@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup lock realenv lint test unit demo bench clean
+.PHONY: setup lock realenv image lint test unit demo bench clean
 
 ## setup: a virtualenv with the package and its dev tools, exactly the hashed pins of requirements/dev.txt
 setup: $(VENV)/.installed
@@ -17,10 +17,15 @@ $(VENV)/.installed: pyproject.toml requirements/dev.txt
 lock: setup
 	UPGRADE=$(UPGRADE) bash scripts/lock.sh
 
-## realenv: build the test kube-apiserver (Go module proxy) and fetch Keycloak (Maven Central), cached per machine
+## realenv: build the test kube-apiserver and kustomize (Go module proxy), fetch Keycloak (Maven Central); cached per machine
 realenv:
 	bash scripts/build-kube-apiserver.sh
+	bash scripts/build-kustomize.sh
 	bash scripts/fetch-keycloak.sh
+
+## image: build the container image with buildah on a base assembled from Debian packages (cached; see the script)
+image:
+	bash scripts/build-image.sh localhost/cloudsigma-ccm:dev
 
 ## lint: ruff and mypy --strict
 lint: setup
