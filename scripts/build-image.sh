@@ -57,11 +57,15 @@ if [[ -n "${CCM_IMAGE_REFRESH_BASE:-}" ]]; then
 fi
 
 if [[ ! -f "${base_tar}" ]]; then
-    # The apt sources of this (Debian bookworm) machine name the mirror; mmdebstrap reads sources files as such.
+    # The Debian apt sources of this (bookworm) machine name the mirror; mmdebstrap reads sources files as such.
+    # Third-party repositories (signed by other keys) stay out of the base.
     sources=()
-    for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list; do
-        [[ -s "${f}" ]] && grep -q "${suite}" "${f}" && sources+=("${f}")
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -s "${f}" ]] && grep -q "${suite}" "${f}" && grep -q debian-archive-keyring "${f}" && sources+=("${f}")
     done
+    if ((${#sources[@]} == 0)) && [[ -s /etc/apt/sources.list ]] && grep -q "^deb .*${suite}" /etc/apt/sources.list; then
+        sources+=(/etc/apt/sources.list)
+    fi
     ((${#sources[@]})) || { log "ERROR: no apt sources for ${suite} in /etc/apt"; exit 1; }
     log "assembling the ${suite} base from Debian packages (${packages}) into ${base_tar}"
     tmp="$(mktemp -d "${cache}/.base.XXXXXX")"
