@@ -113,7 +113,8 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
                         on_refresh=lambda _: metrics.snapshot_refreshes.inc())
     tenant = await api_client(settings.kubeconfig)
     kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
-                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled))
+                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
+                                            csr_approval=settings.csr_approval != "off"))
     watcher = NodeWatcher(kube, watch_timeout=settings.watch_timeout,
                           on_restart=lambda reason: metrics.watch_restarts.labels(reason).inc())
     events = EventRecorder(kube, host=socket.gethostname())

@@ -129,7 +129,8 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
         except KubeError as exc:
             out.append(Check("tenant", "api reachable", "fail", str(exc)))
             return out
-        for permission in needed(TENANT, deletion_enabled=settings.node_deletion_enabled):
+        for permission in needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
+                                  csr_approval=settings.csr_approval != "off"):
             label = permission.label
             try:
                 answer = await kube.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",

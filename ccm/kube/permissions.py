@@ -18,8 +18,10 @@ from typing import Any, Literal
 #: cluster-scoped objects conventionally go to "default", as the kubelet's and upstream controllers' do).
 EVENTS_NAMESPACE = "default"
 LEASES_GROUP = "coordination.k8s.io"
+CERTIFICATES_GROUP = "certificates.k8s.io"
+KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
 
-When = Literal["always", "deletion"]
+When = Literal["always", "deletion", "csr-approval"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class Permission:
     group: str = ""
     namespace: str | None = None  # None: cluster-wide (or any namespace)
     name: str | None = None  # None: any object
-    when: When = "always"  # "deletion": only needed with --node-deletion-enabled
+    #: "deletion": only with --node-deletion-enabled; "csr-approval": only with --csr-approval other than off.
+    when: When = "always"
 
     @property
     def full_resource(self) -> str:
@@ -63,6 +66,13 @@ TENANT: tuple[Permission, ...] = (
     Permission("create", "events", namespace=EVENTS_NAMESPACE),  # ccm/kube/events.py
     # A repeated Event is updated in place (count, lastTimestamp) instead of created again.
     Permission("patch", "events", namespace=EVENTS_NAMESPACE),
+    # ccm/csr: the opt-in kubelet-serving CSR approver (deploy/tenant/csr-approval).
+    Permission("list", "certificatesigningrequests", group=CERTIFICATES_GROUP, when="csr-approval"),
+    Permission("watch", "certificatesigningrequests", group=CERTIFICATES_GROUP, when="csr-approval"),
+    Permission("get", "certificatesigningrequests", group=CERTIFICATES_GROUP, when="csr-approval"),
+    Permission("update", "certificatesigningrequests", "approval", group=CERTIFICATES_GROUP, when="csr-approval"),
+    # Never a request of ours: the CertificateApproval admission plugin checks it on the approval write above.
+    Permission("approve", "signers", group=CERTIFICATES_GROUP, name=KUBELET_SERVING_SIGNER, when="csr-approval"),
 )
 
 
@@ -76,9 +86,11 @@ def leader_election(namespace: str, lease: str) -> tuple[Permission, ...]:
     )
 
 
-def needed(permissions: Iterable[Permission], *, deletion_enabled: bool) -> tuple[Permission, ...]:
+def needed(permissions: Iterable[Permission], *, deletion_enabled: bool,
+           csr_approval: bool = False) -> tuple[Permission, ...]:
     """The permissions a CCM with these settings uses."""
-    return tuple(p for p in permissions if p.when == "always" or deletion_enabled)
+    enabled = {"always": True, "deletion": deletion_enabled, "csr-approval": csr_approval}
+    return tuple(p for p in permissions if enabled[p.when])
 
 
 def rbac_rules(permissions: Iterable[Permission]) -> list[dict[str, Any]]:

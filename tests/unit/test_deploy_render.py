@@ -344,6 +344,7 @@ def test_tenant_rbac_is_exactly_the_declared_permissions(rendered: dict[str, lis
         [p for p in cluster_wide if p.when == "always"])
     assert rules_of(find_object(objects, "ClusterRole", DELETION_ROLE)) == expected_rules(
         [p for p in cluster_wide if p.when == "deletion"])
+    # The CSR approver's permissions are granted only by deploy/tenant/csr-approval (test_csr_rbac_render.py).
     namespaced = [p for p in TENANT if p.namespace is not None]
     assert {p.namespace for p in namespaced} == {EVENTS_NAMESPACE}
     assert rules_of(find_object(objects, "Role", EVENTS_ROLE)) == expected_rules(namespaced)
@@ -353,8 +354,9 @@ def test_tenant_rbac_is_exactly_the_declared_permissions(rendered: dict[str, lis
             assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name}
             assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                                             "name": TENANT_USER}]
-    # Nodes are cluster-scoped, so only a ClusterRole can grant them; nothing else is granted cluster-wide.
-    assert {p.resource for p in cluster_wide} == {"nodes"}
+    # Nodes are cluster-scoped, so only a ClusterRole can grant them; nothing else is granted cluster-wide
+    # (but for the opt-in CSR approver's permissions, cluster-scoped too).
+    assert {p.resource for p in cluster_wide if p.when != "csr-approval"} == {"nodes"}
 
 
 def test_tenant_rbac_drops_what_the_code_never_sends(rendered: dict[str, list[Obj]]) -> None:
