@@ -270,16 +270,47 @@ async def test_acquisition_logs_claims_but_never_the_token() -> None:
     assert token not in str(cred)
 
 
-async def test_subject_mismatch_is_reported() -> None:
+async def test_a_token_for_another_subject_is_never_used_and_the_chain_falls_back() -> None:
     clock = Clock()
     kc = FakeProvider("keycloak-token-exchange", clock,
-                      claims={"sub": "service-account-uuid", "preferred_username": "service-account-ccm"})
+                      claims={"sub": "service-account-uuid", "preferred_username": "service-account-ccm",
+                              "azp": "kube-dc-partner"})
+    pw = FakeProvider("password", clock, impersonated=False, lifetime=None)
+    seen: list[tuple[str, str]] = []
     with capture_logs() as logs:
-        chain = make_chain(kc, clock=clock)
-        await chain.get(USER, "next")
+        chain = make_chain(kc, pw, clock=clock)
+        chain.on_event = lambda event, provider: seen.append((event, provider))
+        cred = await chain.get(USER, "next")
+    # The refused token is neither returned nor cached: the next provider serves, as for any failure.
+    assert cred.identity.provider == "password"
+    assert chain.cache.peek(CacheKey.of(USER, "next", "keycloak-token-exchange")) is None
     (mismatch,) = events(logs, "impersonation_subject_mismatch")
-    assert mismatch["requested_subject"] == USER
+    assert mismatch["log_level"] == "error"
+    assert mismatch["requested_user"] == USER
     assert mismatch["token_preferred_username"] == "service-account-ccm"
+    assert mismatch["token_sub"] == "service-account-uuid" and mismatch["token_azp"] == "kube-dc-partner"
+    assert mismatch["reason"] == "impersonation_subject_mismatch"
+    (fallback,) = events(logs, "credential_fallback")
+    assert fallback["reason"] == "impersonation_subject_mismatch"
+    assert ("verify:subject_mismatch", "keycloak-token-exchange") in seen
+    assert not [e for e in logs if e["event"] == "credential_acquired" and e["credential_provider"] == kc.name]
+    status = {s["provider"]: s for s in chain.status()}
+    assert status["keycloak-token-exchange"]["last_failure"]["reason"] == "impersonation_subject_mismatch"
+    assert status["password"]["last_success"] is not None
+
+
+@pytest.mark.parametrize("claim", ["preferred_username", "email"])
+async def test_a_token_naming_the_user_in_an_accepted_claim_is_used(claim: str) -> None:
+    clock = Clock()
+    kc = FakeProvider("keycloak-token-exchange", clock,
+                      claims={"sub": "u-1", claim: USER.upper(), "exp": int(clock() + 300)})
+    with capture_logs() as logs:
+        cred = await make_chain(kc, clock=clock).get(USER, "next")
+    assert cred.identity.verification is not None
+    assert cred.identity.verification.status == "unverifiable"  # no issuer configured in this chain
+    assert cred.identity.verification.matched_claim == claim
+    (warning,) = events(logs, "token_unverifiable")
+    assert warning["credential_provider"] == "keycloak-token-exchange"
 
 
 async def test_unexpected_exception_becomes_unavailable_without_its_text() -> None:
