@@ -15,7 +15,8 @@ noticed instead of being rendered wrongly):
   (``includeSelectors: true`` and ``commonLabels`` are not supported: they rewrite selectors);
 - ``images``: ``name`` with ``newName``, ``newTag`` and/or ``digest``, for containers and init containers;
 - ``patches``: strategic merge patches (``path`` or inline ``patch``, no ``target``), with the merge keys of
-  the pod spec lists this renderer knows (see :data:`MERGE_KEYS`); ``null`` deletes a field.
+  the pod spec lists this renderer knows (see :data:`MERGE_KEYS`); ``null`` deletes a field, and an element
+  ``{<key>: ..., $patch: delete}`` deletes that element of a keyed list.
 
 Transformations run in kustomize's order: resources, patches, namespace, labels, images.
 """
@@ -240,6 +241,11 @@ def strategic_merge(target: Any, patch: Any, field: str = "") -> Any:
             if not isinstance(item, dict) or key not in item:
                 raise UnsupportedKustomization(f"patch list {field!r}: every element needs {key!r}")
             patched.add(item[key])
+            if "$patch" in item:
+                if item["$patch"] != "delete" or set(item) != {key, "$patch"}:
+                    raise UnsupportedKustomization(f"patch list {field!r}: only {{{key}, $patch: delete}} is "
+                                                   "supported")
+                continue
             base = by_key.get(item[key])
             merged.append(strategic_merge(base, item, "") if base is not None else copy.deepcopy(item))
         merged.extend(copy.deepcopy(item) for item in target
