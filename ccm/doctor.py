@@ -120,7 +120,10 @@ def _credential_detail(credential: Credential, region: str, status: dict[str, An
     if current.get("expires_in") is not None:
         text += f"; expires in {current['expires_in']:.0f}s"
     if status.get("client_auth"):
-        text += f"; client authenticates with {status['client_auth']} ({status.get('client_auth_source')})"
+        text += f"; client authenticates with {status['client_auth']} ({status.get('client_auth_source')}"
+        if status.get("public_key_thumbprint"):
+            text += f", public key thumbprint {status['public_key_thumbprint']}"
+        text += ")"
     return text + (f"; claims {claims}" if claims else "")
 
 
