@@ -107,8 +107,9 @@ class CredentialChain:
         size = max(cache.maxsize, 16)
         self._episodes: LRUCache[_Key, _Episode] = LRUCache(size)
         self._exhausted: LRUCache[tuple[str, str], float] = LRUCache(size)
-        #: Uncached providers (static token, password): the last raw credential and its checked version.
-        self._uncached_last: LRUCache[_Key, tuple[Credential, Credential]] = LRUCache(size)
+        #: Uncached providers (static token, password): the last raw credential and its checked version — or the
+        #: error that refused it, so a refused static token is not verified (and logged) again on every call.
+        self._uncached_last: LRUCache[_Key, tuple[Credential, Credential | CredentialError]] = LRUCache(size)
         self._last_used: LRUCache[tuple[str, str], str] = LRUCache(size)
         self._active: str | None = None
 
@@ -267,8 +268,17 @@ class CredentialChain:
         if not cached:
             last = self._uncached_last.get(key)
             if last is not None and last[0] is credential:
+                if isinstance(last[1], CredentialError):
+                    raise last[1].with_traceback(None)
                 return last[1]
-        checked = await self._verify(provider.name, credential, email, region)
+        try:
+            checked = await self._verify(provider.name, credential, email, region)
+        except CredentialUnavailable:
+            raise  # e.g. the issuer's keys could not be fetched: check again next time
+        except CredentialError as exc:
+            if not cached:
+                self._uncached_last[key] = (credential, exc)
+            raise
         if not cached:
             self._uncached_last[key] = (credential, checked)
         self._status[provider.name].acquired(self._clock(), checked, region)

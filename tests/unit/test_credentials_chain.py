@@ -465,3 +465,16 @@ def test_error_log_fields(make: Callable[[], CredentialError]) -> None:
 
 def test_cache_key_of_chain_is_lowercased() -> None:
     assert CacheKey.of(USER.upper(), "next", "x").email == USER
+
+
+async def test_a_refused_static_token_is_checked_and_logged_once_until_it_changes() -> None:
+    clock = Clock()
+    static = StaticTokenProvider(token=SecretStr(jwt({"sub": "x", "preferred_username": "someone@else.example"})),
+                                 impersonated=True, clock=clock)
+    with capture_logs() as logs:
+        chain = make_chain(static, clock=clock)  # type: ignore[arg-type]
+        for _ in range(5):
+            with pytest.raises(NoCredential) as caught:
+                await chain.get(USER, "next")
+            assert caught.value.failures[0].reason == "impersonation_subject_mismatch"
+    assert len(events(logs, "impersonation_subject_mismatch")) == 1
