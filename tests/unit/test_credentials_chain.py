@@ -13,6 +13,7 @@ import structlog
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from ccm.metrics import Metrics
 from credentials import build_chain, default_chain
 from credentials.base import (
     Credential,
@@ -478,3 +479,36 @@ async def test_a_refused_static_token_is_checked_and_logged_once_until_it_change
                 await chain.get(USER, "next")
             assert caught.value.failures[0].reason == "impersonation_subject_mismatch"
     assert len(events(logs, "impersonation_subject_mismatch")) == 1
+
+
+async def test_an_opaque_impersonated_token_is_logged_once_as_unverifiable_and_used() -> None:
+    clock = Clock()
+
+    class Opaque(FakeProvider):
+        async def acquire(self, user_email: str, region: str) -> Credential:
+            credential = await super().acquire(user_email, region)
+            return Credential(scheme="bearer", secret=SecretStr(f"opaque-token-{self.calls}"),
+                              api_url_template=credential.api_url_template, identity=credential.identity,
+                              expires_at=credential.expires_at, impersonated=True)
+
+    kc = Opaque("keycloak-token-exchange", clock)
+    with capture_logs() as logs:
+        chain = make_chain(kc, clock=clock)
+        first = await chain.get(USER, "next")
+        chain.invalidate(first)
+        second = await chain.get(USER, "next")
+    assert first.secret.get_secret_value() == "opaque-token-1" and second.secret.get_secret_value() == "opaque-token-2"
+    assert second.identity.verification is not None and second.identity.verification.status == "opaque"
+    (warning,) = events(logs, "token_unverifiable")
+    assert warning["token_verified"] == "opaque" and warning["note"] == "used as is"
+
+
+def test_verification_results_are_metrics() -> None:
+    metrics = Metrics()
+    for event in ("verify:verified", "verify:subject_mismatch", "verify:subject_mismatch", "verify:token_unknown_key"):
+        metrics.credential_event(event, "keycloak-token-exchange")
+    text = metrics.render().decode()
+    assert 'cloudsigma_ccm_impersonation_subject_mismatches_total{provider="keycloak-token-exchange"} 2.0' in text
+    assert ('cloudsigma_ccm_token_verifications_total{provider="keycloak-token-exchange",result="token_unknown_key"} '
+            '1.0') in text
+    assert 'cloudsigma_ccm_token_verifications_total{provider="keycloak-token-exchange",result="verified"} 1.0' in text
