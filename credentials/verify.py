@@ -109,9 +109,9 @@ class TokenVerifier:
             decoded = jwt.decode(token, lookup.keys, algorithms=list(ALGORITHMS))
         except InvalidKeyIdError:
             raise self._invalid(
-                f"is signed by key {kid!r}, which the issuer {self.issuer!r} does not publish (its keys: "
-                f"{', '.join(sorted(self.keys.kids)) or 'none'}; fetched again for this token"
-                f"{'' if lookup.refreshed else ' shortly before'}): the token was not issued by the configured issuer",
+                f"is signed by key {kid!r}, which the issuer {self.issuer!r} does not publish (its keys, fetched "
+                f"{'for this token' if lookup.refreshed else 'moments ago'}: "
+                f"{', '.join(sorted(self.keys.kids)) or 'none'}): the token was not issued by the configured issuer",
                 "token_unknown_key", provider, user, unverified) from None
         except BadSignatureError:
             raise self._invalid(f"has a signature that does not verify with the issuer's key {kid!r}: forged or "
