@@ -40,6 +40,7 @@ class Fence:
         self.name = name
         self._clock = clock
         self._until = -math.inf
+        self._granted = False  # granted and not closed since (the deadline may still have passed)
         self._reason = "not granted yet"
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[_Write] = set()
@@ -69,6 +70,7 @@ class Fence:
     def grant(self, until: float) -> None:
         """Allow writes until ``until`` (same clock as the fence). A grant never shortens an open one."""
         self._until = max(self._until, until) if self.is_open else until
+        self._granted = True
         self._reason = "lease not renewed in time"
         if self._timer is not None:
             self._timer.cancel()
@@ -79,16 +81,15 @@ class Fence:
 
     def close(self, reason: str) -> None:
         """Refuse every write from now on and cancel the ones in flight."""
-        was_open = self.is_open
+        was_granted = self._granted
+        self._granted = False
         self._until = -math.inf
         self._reason = reason
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        cancelled = len(self._inflight)
-        for write in list(self._inflight):
-            write.cancel()
-        if was_open or cancelled:
+        cancelled = sum(1 for write in list(self._inflight) if write.cancel())
+        if was_granted or cancelled:
             log.warning("writes_fenced", fence=self.name, reason=reason, cancelled_in_flight=cancelled)
 
     def _expire(self) -> None:
@@ -135,7 +136,11 @@ class _Write:
                              method=self._method, path=self._path) from None
             raise
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
+        """Expire the write's scope now; False if that was already done."""
+        if self._cancelled:
+            return False
         self._cancelled = True
         self._fence.cancelled += 1
         self._scope.reschedule(asyncio.get_running_loop().time())
+        return True
