@@ -1,0 +1,362 @@
+"""Leadership between real daemon processes: fencing of a deposed leader, a task that dies, SIGTERM during a hang.
+
+Two `cloudsigma-ccm` processes share one Lease. The management API is a real kube-apiserver with an audit log,
+reached by each replica through its own :class:`~tests.realenv.proxy.HoldingProxy`, so it can hang for one replica
+only; the tenant API is the same server reached directly, with one identity per replica. The audit log then says
+which process wrote what, to the microsecond, on the server's clock — no reliance on the daemons' own account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client import ApiClient
+
+from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
+from tests.integration.harness import ALICE, ALICE_PW
+from tests.realenv.kube_fixtures import api_client_for
+from tests.realenv.kubeapiserver import KubeAPIServer
+from tests.realenv.nodes import register_node, wait_for
+from tests.realenv.proxy import HoldingProxy
+from tests.reliability import registry
+from tests.reliability.support import (
+    ccm_binary,
+    clean_env,
+    free_port,
+    http_get,
+    initialized,
+    is_initialized,
+    maybe_node,
+    metric_value,
+    missing,
+)
+
+pytestmark = pytest.mark.integration
+LEASE, DEADLINE, RETRY = 4.0, 2.5, 0.5
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Write:
+    user: str
+    verb: str
+    resource: str
+    name: str
+    code: int
+    received: float
+    completed: float
+
+
+def audit_writes(server: KubeAPIServer) -> list[Write]:
+    out = []
+    for event in server.audit_events():
+        if event.get("verb") not in WRITES:
+            continue
+        ref = event.get("objectRef") or {}
+        resource = str(ref.get("resource", "")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        out.append(Write(str((event.get("user") or {}).get("username", "")), str(event["verb"]), resource,
+                         str(ref.get("name", "")), int((event.get("responseStatus") or {}).get("code", 0)),
+                         _ts(event["requestReceivedTimestamp"]), _ts(event["stageTimestamp"])))
+    return sorted(out, key=lambda w: w.received)
+
+
+class Replica:
+    """One daemon process: its own tenant identity, its own lease identity, its own proxy to the management API."""
+
+    def __init__(self, name: str, server: KubeAPIServer, emulator: EmulatorServer, tmp: Path, *, lease: str,
+                 fault: str | None = None, **settings: str) -> None:
+        self.name, self.server, self.fault = name, server, fault
+        self.tenant_user, self.lease_user = f"ccm-{name}", f"lease-{name}"
+        self.proxy = HoldingProxy(server.port)
+        self.port = free_port()
+        self.log = tmp / f"{name}.log"
+        self.management_kubeconfig = tmp / f"{name}-management.kubeconfig"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.env = clean_env(
+            CLOUDSIGMA_REGION="zrh", CLOUDSIGMA_USERNAME=ALICE, CLOUDSIGMA_PASSWORD=ALICE_PW,
+            CLOUDSIGMA_API_URL=emulator.api_url, CLOUDSIGMA_IMPERSONATION_API_URL=emulator.api_url,
+            CLOUDSIGMA_KUBECONFIG=str(server.kubeconfig(self.tenant_user, ["system:masters"])),
+            CLOUDSIGMA_LEADER_ELECT="true", CLOUDSIGMA_LEADER_ELECT_KUBECONFIG=str(self.management_kubeconfig),
+            CLOUDSIGMA_LEADER_ELECT_RESOURCE_NAMESPACE="default", CLOUDSIGMA_LEADER_ELECT_RESOURCE_NAME=lease,
+            CLOUDSIGMA_LEADER_ELECT_IDENTITY=f"replica-{name}",
+            CLOUDSIGMA_LEADER_ELECT_LEASE_DURATION=f"{LEASE:g}s", CLOUDSIGMA_LEADER_ELECT_RENEW_DEADLINE=f"{DEADLINE:g}s",
+            CLOUDSIGMA_LEADER_ELECT_RETRY_PERIOD=f"{RETRY:g}s",
+            CLOUDSIGMA_METRICS_BIND_ADDRESS=f"127.0.0.1:{self.port}", CLOUDSIGMA_LOG_FORMAT="json",
+            CLOUDSIGMA_LOG_LEVEL="debug", CLOUDSIGMA_SERVER_CACHE_MAX_AGE="0.2s", CLOUDSIGMA_NODE_MONITOR_PERIOD="1s",
+            CLOUDSIGMA_HTTP_TIMEOUT="5s", CLOUDSIGMA_CONCURRENT_NODE_SYNCS="4",
+        )
+        self.env.update(settings)
+
+    async def start(self) -> None:
+        await self.proxy.start()
+        self.management_kubeconfig.write_text(
+            self.server.fresh_kubeconfig_text(self.lease_user, ["system:masters"], server=self.proxy.url))
+        command: Sequence[str] = ([sys.executable, "-m", "tests.reliability.faulty", self.fault]
+                                  if self.fault else [ccm_binary()])
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(*command, env=self.env, stdout=log, stderr=log,
+                                                             cwd=str(registry.ROOT))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def metrics(self) -> str:
+        if not self.alive:
+            return ""
+        with contextlib.suppress(Exception):
+            return (await http_get(f"http://127.0.0.1:{self.port}/metrics"))[1]
+        return ""
+
+    async def leading(self) -> bool:
+        return metric_value(await self.metrics(), "cloudsigma_ccm_leader") == 1.0
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "<not json>", "text": line})
+        return out
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.lines() if e.get("event") == name]
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def stop(self) -> int | None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proxy.set_hold(0.0)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self.proxy.stop()
+        if self.log.exists():
+            registry.add_text(f"CCM log of replica {self.name} ({registry.current_nodeid()})", self.log.read_text())
+        return self.proc.returncode if self.proc is not None else None
+
+
+@contextlib.asynccontextmanager
+async def replicas(*started: Replica) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for replica in started:
+            await replica.stop()
+
+
+async def one_leader(group: Sequence[Replica]) -> Replica | None:
+    leading = [r for r in group if await r.leading()]
+    return leading[0] if len(leading) == 1 else None
+
+
+async def register_steadily(api: ApiClient, names: Sequence[str], every: float) -> None:
+    for name in names:
+        await register_node(api, name)
+        await asyncio.sleep(every)
+
+
+async def count_initialized(api: ApiClient, names: Sequence[str]) -> int:
+    nodes = await asyncio.gather(*(maybe_node(api, n) for n in names))
+    return sum(1 for n in nodes if n is not None and is_initialized(n))
+
+
+# ------------------------------------------------------------------------------------------- fencing
+
+
+@pytest.mark.parametrize("hold", [2.0, math.inf], ids=["answers-after-2s", "hangs"])
+async def test_a_deposed_leader_writes_nothing_once_a_standby_may_lead(
+        hold: float, world: EmulatorState, emulator: EmulatorServer, audited_apiserver: KubeAPIServer,
+        tmp_path: Path) -> None:
+    tag = "slow" if math.isfinite(hold) else "hung"
+    how = (f"answers only after {hold:g} s (below the {DEADLINE:g} s request timeout)" if math.isfinite(hold)
+           else "stops answering")
+    names = [f"fence-{tag}-{i:03d}" for i in range(150)]
+    for name in names:
+        world.add_server(ALICE, name, nics=[public_dhcp_nic("auto")])
+    registry.record(
+        "fault/process", f"management API {how} for the leader only, under a steady burst of new nodes",
+        injected=f"two `cloudsigma-ccm` processes on one Lease ({LEASE:g}/{DEADLINE:g}/{RETRY:g} s); a proxy in front "
+                 f"of the management kube-apiserver {how} to the leader while 10 nodes/s register",
+        verified="from the tenant kube-apiserver's audit log: no write of the deposed leader received after its last "
+                 "successful renewal + lease duration (the earliest a standby may lead), so no dual-leadership "
+                 "window; the leader exits 1 with `leader_lost` and `writes_fenced`; lease failures logged at "
+                 "warning; the standby takes over and initializes every node",
+        faults=1, nodes_checked=len(names))
+    admin = await api_client_for(audited_apiserver.admin_kubeconfig)
+    group = [Replica(n, audited_apiserver, emulator, tmp_path, lease=f"ccm-fence-{tag}") for n in ("a", "b")]
+    load: asyncio.Task[None] | None = None
+    try:
+        async with replicas(*group):
+            for replica in group:
+                await replica.start()
+            leader = await wait_for(lambda: one_leader(group), 30, message="one leader")
+            standby = next(r for r in group if r is not leader)
+            load = asyncio.create_task(register_steadily(admin, names, every=0.1))
+            await wait_for(lambda: _at_least(admin, names[:8], 8), 30, message="the leader writing")
+            held_at = time.time()
+            leader.proxy.set_hold(hold)
+            code = await leader.wait(30)
+            stopped_at = time.time()
+            await wait_for(standby.leading, 30, message="the standby leading")
+            await load
+            await wait_for(lambda: _at_least(admin, names, len(names)), 90, message="all nodes initialized")
+            standby_metrics = await standby.metrics()
+            leader_lines = leader.lines()
+    finally:
+        if load is not None:
+            load.cancel()
+        await admin.close()
+    writes = audit_writes(audited_apiserver)
+    lease_path = f"ccm-fence-{tag}"
+    renewals = [w for w in writes if w.user == leader.lease_user and w.resource == "leases" and w.name == lease_path
+                and w.code in (200, 201)]
+    takeover = next(w for w in writes if w.user == standby.lease_user and w.resource == "leases"
+                    and w.name == lease_path and w.code in (200, 201) and w.received > renewals[-1].received)
+    deposed = [w for w in writes if w.user == leader.tenant_user and w.received > held_at]
+    last_renewal = renewals[-1].received
+    last_write = max((w.received for w in writes if w.user == leader.tenant_user), default=0.0)
+    window_ms = (last_write - takeover.received) * 1000
+    margin_ms = (last_renewal + LEASE - last_write) * 1000
+    print(f"\n[{tag}] dual-leadership window {window_ms:.0f} ms (last write of the deposed leader minus the "
+          f"standby's takeover; < 0 = none); margin to renewal+lease {margin_ms:.0f} ms; the leader wrote "
+          f"{len(deposed)} times after the hold began, stopped {stopped_at - held_at:.1f} s after it")
+    assert code == 1, leader.log.read_text()[-3000:]
+    assert [e for e in leader_lines if e.get("event") == "leader_lost"], "no leader_lost line"
+    assert [e for e in leader_lines if e.get("event") == "writes_fenced"], "the fence never closed"
+    failures = [e for e in leader_lines if e.get("event") == "lease_call_failed"]
+    assert failures and all(e.get("level") == "warning" for e in failures)
+    assert metric_value(standby_metrics, "cloudsigma_ccm_leader") == 1.0
+    # The guarantee: nothing of the deposed leader reaches the tenant API once a standby may lead.
+    assert last_write < last_renewal + LEASE, (
+        f"the deposed leader wrote {last_write - last_renewal:.3f} s after its last renewal (lease {LEASE:g} s)")
+    assert window_ms < 0
+    lost = await _missing(audited_apiserver, names)
+    registry.lost(len(lost))
+    assert not lost
+
+
+async def _at_least(api: ApiClient, names: Sequence[str], count: int) -> bool:
+    return await count_initialized(api, names) >= count
+
+
+async def _missing(server: KubeAPIServer, names: Sequence[str]) -> list[str]:
+    api = await api_client_for(server.admin_kubeconfig)
+    try:
+        return await missing(api, names)
+    finally:
+        await api.close()
+
+
+# ------------------------------------------------------------------------------------------- supervision
+
+
+async def test_a_dead_watcher_ends_the_process_and_the_standby_takes_over(
+        world: EmulatorState, emulator: EmulatorServer, audited_apiserver: KubeAPIServer, tmp_path: Path) -> None:
+    names = ["dead-watch-before", "dead-watch-after"]
+    for name in names:
+        world.add_server(ALICE, name, nics=[public_dhcp_nic("auto")])
+    registry.record(
+        "fault/process", "the node watcher dies of an unexpected exception",
+        injected="in the leader process, the node watcher raises an exception its retry loop does not catch, 2 s "
+                 "after its initial list (`python -m tests.reliability.faulty watcher-dies`)",
+        verified="the process logs `ccm_task_ended` naming node-watcher and exits 1 within 5 s of the fault; the "
+                 "standby takes the Lease and initializes a node registered after the crash",
+        faults=1, nodes_checked=2)
+    admin = await api_client_for(audited_apiserver.admin_kubeconfig)
+    faulty = Replica("w1", audited_apiserver, emulator, tmp_path, lease="ccm-dead-watch", fault="watcher-dies")
+    healthy = Replica("w2", audited_apiserver, emulator, tmp_path, lease="ccm-dead-watch")
+    try:
+        async with replicas(faulty, healthy):
+            await register_node(admin, names[0])
+            await faulty.start()
+            await wait_for(faulty.leading, 30, message="the faulty replica leading")
+            await healthy.start()
+            await wait_for(lambda: initialized(admin, names[0]), 30, message="first node initialized")
+            await wait_for(lambda: bool(faulty.events("injected_fault")), 20, message="the injected fault")
+            fault_at = time.monotonic()
+            try:
+                code = await faulty.wait(30)
+            except TimeoutError:
+                code = None
+            exited_after = time.monotonic() - fault_at
+            await register_node(admin, names[1])
+            await wait_for(healthy.leading, 30, message="the standby leading")
+            await wait_for(lambda: initialized(admin, names[1]), 30, message="node initialized by the standby")
+            ended = faulty.events("ccm_task_ended")
+    finally:
+        await admin.close()
+    print(f"\nexit {code} {exited_after:.1f} s after the watcher died")
+    assert code == 1, f"the process did not exit 1 after its watcher died (exit {code}): {faulty.log.read_text()[-2000:]}"
+    assert exited_after < 5, f"took {exited_after:.1f} s to exit"
+    assert ended and ended[0]["task"] == "node-watcher" and ended[0]["level"] == "error", ended
+    lost = await _missing(audited_apiserver, names)
+    registry.lost(len(lost))
+    assert not lost
+
+
+# ------------------------------------------------------------------------------------------- shutdown budget
+
+
+async def test_sigterm_while_the_management_api_hangs_fits_the_grace_period(
+        world: EmulatorState, emulator: EmulatorServer, audited_apiserver: KubeAPIServer, tmp_path: Path) -> None:
+    grace, drain = 9.0, 2.0
+    name = "sigterm-hung-mgmt"
+    world.add_server(ALICE, name, nics=[public_dhcp_nic("auto")])
+    registry.record(
+        "fault/process", "SIGTERM while the management API hangs",
+        injected=f"the leader (lease 15/10/2 s, the defaults) gets SIGTERM while its management API does not answer; "
+                 f"`--shutdown-timeout={drain:g}s --termination-grace-period={grace:g}s`",
+        verified=f"exit 0 within the {grace:g} s grace period (the lease release is bounded to 3 s and comes after "
+                 "the drain); `ccm_stopping` before `lease_release_failed` (a warning)",
+        faults=1, nodes_checked=1)
+    admin = await api_client_for(audited_apiserver.admin_kubeconfig)
+    replica = Replica("t1", audited_apiserver, emulator, tmp_path, lease="ccm-sigterm-hung",
+                      CLOUDSIGMA_LEADER_ELECT_LEASE_DURATION="15s", CLOUDSIGMA_LEADER_ELECT_RENEW_DEADLINE="10s",
+                      CLOUDSIGMA_LEADER_ELECT_RETRY_PERIOD="2s", CLOUDSIGMA_SHUTDOWN_TIMEOUT=f"{drain:g}s",
+                      CLOUDSIGMA_TERMINATION_GRACE_PERIOD=f"{grace:g}s")
+    try:
+        async with replicas(replica):
+            await replica.start()
+            await wait_for(replica.leading, 30, message="leading")
+            await register_node(admin, name)
+            await wait_for(lambda: initialized(admin, name), 30, message="node initialized")
+            replica.proxy.set_hold(math.inf)
+            await asyncio.sleep(0.5)
+            assert replica.proc is not None
+            replica.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = await replica.wait(60)
+            seconds = time.monotonic() - started
+            lines = replica.lines()
+    finally:
+        await admin.close()
+    print(f"\nexit {code} {seconds:.1f} s after SIGTERM (grace {grace:g} s)")
+    assert code == 0, replica.log.read_text()[-3000:]
+    assert seconds < grace, f"took {seconds:.1f} s, longer than the {grace:g} s grace period"
+    order = [e.get("event") for e in lines]
+    assert "ccm_stopping" in order and "lease_release_failed" in order
+    assert order.index("ccm_stopping") < order.index("lease_release_failed")
+    assert next(e for e in lines if e.get("event") == "lease_release_failed")["level"] == "warning"
