@@ -243,16 +243,16 @@ async def test_a_deposed_leader_writes_nothing_once_a_standby_may_lead(
     print(f"\n[{tag}] dual-leadership window {window_ms:.0f} ms (last write of the deposed leader minus the "
           f"standby's takeover; < 0 = none); margin to renewal+lease {margin_ms:.0f} ms; the leader wrote "
           f"{len(deposed)} times after the hold began, stopped {stopped_at - held_at:.1f} s after it")
+    # The guarantee: nothing of the deposed leader reaches the tenant API once a standby may lead.
+    assert last_write < last_renewal + LEASE, (
+        f"the deposed leader wrote {last_write - last_renewal:.3f} s after its last renewal (lease {LEASE:g} s)")
+    assert window_ms < 0
     assert code == 1, leader.log.read_text()[-3000:]
     assert [e for e in leader_lines if e.get("event") == "leader_lost"], "no leader_lost line"
     assert [e for e in leader_lines if e.get("event") == "writes_fenced"], "the fence never closed"
     failures = [e for e in leader_lines if e.get("event") == "lease_call_failed"]
     assert failures and all(e.get("level") == "warning" for e in failures)
     assert metric_value(standby_metrics, "cloudsigma_ccm_leader") == 1.0
-    # The guarantee: nothing of the deposed leader reaches the tenant API once a standby may lead.
-    assert last_write < last_renewal + LEASE, (
-        f"the deposed leader wrote {last_write - last_renewal:.3f} s after its last renewal (lease {LEASE:g} s)")
-    assert window_ms < 0
     lost = await _missing(audited_apiserver, names)
     registry.lost(len(lost))
     assert not lost
@@ -302,6 +302,7 @@ async def test_a_dead_watcher_ends_the_process_and_the_standby_takes_over(
             except TimeoutError:
                 code = None
             exited_after = time.monotonic() - fault_at
+            assert code == 1, f"still running 30 s after its watcher died (exit {code})"
             await register_node(admin, names[1])
             await wait_for(healthy.leading, 30, message="the standby leading")
             await wait_for(lambda: initialized(admin, names[1]), 30, message="node initialized by the standby")
@@ -309,7 +310,6 @@ async def test_a_dead_watcher_ends_the_process_and_the_standby_takes_over(
     finally:
         await admin.close()
     print(f"\nexit {code} {exited_after:.1f} s after the watcher died")
-    assert code == 1, f"the process did not exit 1 after its watcher died (exit {code}): {faulty.log.read_text()[-2000:]}"
     assert exited_after < 5, f"took {exited_after:.1f} s to exit"
     assert ended and ended[0]["task"] == "node-watcher" and ended[0]["level"] == "error", ended
     lost = await _missing(audited_apiserver, names)
@@ -360,3 +360,31 @@ async def test_sigterm_while_the_management_api_hangs_fits_the_grace_period(
     assert "ccm_stopping" in order and "lease_release_failed" in order
     assert order.index("ccm_stopping") < order.index("lease_release_failed")
     assert next(e for e in lines if e.get("event") == "lease_release_failed")["level"] == "warning"
+
+
+# ------------------------------------------------------------------------------------------- lease failures
+
+
+async def test_a_standby_that_cannot_reach_the_management_api_says_so(
+        world: EmulatorState, emulator: EmulatorServer, audited_apiserver: KubeAPIServer, tmp_path: Path) -> None:
+    registry.record(
+        "fault/process", "a replica that cannot reach the management API",
+        injected="the management API never answers this replica (proxy holds every answer) from its start",
+        verified="`lease_call_failed` at warning level (step, error) and "
+                 "`cloudsigma_ccm_leader_election_failures_total` counting up on /metrics; the replica stays a "
+                 "standby (`cloudsigma_ccm_leader` 0) and writes nothing to the tenant API",
+        faults=1)
+    replica = Replica("s1", audited_apiserver, emulator, tmp_path, lease="ccm-unreachable")
+    async with replicas(replica):
+        replica.proxy.set_hold(math.inf)  # before it starts: the first lease request never gets an answer
+        await replica.start()
+
+        async def counted() -> str | None:
+            text = await replica.metrics()
+            return text if metric_value(text, "cloudsigma_ccm_leader_election_failures_total") >= 2 else None
+
+        text = await wait_for(counted, 30, message="lease failures on /metrics")
+        failures = replica.events("lease_call_failed")
+    assert metric_value(text, "cloudsigma_ccm_leader") == 0.0
+    assert failures and all(e["level"] == "warning" and e["step"] and e["error"] for e in failures), failures
+    assert not [w for w in audit_writes(audited_apiserver) if w.user == replica.tenant_user]
