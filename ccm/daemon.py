@@ -197,16 +197,17 @@ def lease_namespace(settings: Settings) -> str:
 async def run(settings: Settings, redactor: Redactor) -> int:
     """Run until SIGTERM/SIGINT (→ 0), loss of the lease or any supervised task ending (→ 1)."""
     fence: Fence | None = None
+    management: ApiClient | KubeconfigClient | None = None
     if settings.leader_elect:
         fence = Fence(f"lease {lease_namespace(settings)}/{settings.leader_elect_resource_name}")
-    parts = await build(settings, redactor, fence=fence)
-    management: ApiClient | KubeconfigClient | None = None
+        # Opened first: an unusable management kubeconfig is a configuration error before anything starts.
+        management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
+                                       what="management kubeconfig")
     try:
-        if settings.leader_elect:
-            management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
-                                           what="management kubeconfig")
+        parts = await build(settings, redactor, fence=fence)
     except BaseException:
-        await parts.close()
+        if management is not None:
+            await management.close()
         raise
     health = HealthState(last_watch_activity=lambda: parts.watcher.last_activity,
                          watch_stale_after=max(3 * settings.watch_timeout, 120.0))

@@ -45,6 +45,7 @@ MODULE_CATEGORY = {
     "test_kube_faults.py": "fault/kubernetes",
     "test_process.py": "fault/process",
     "test_leadership.py": "fault/process",
+    "test_kubeconfig_rotation.py": "secrets",
     "test_bad_config.py": "input/config",
     "test_bad_cloud_data.py": "input/cloud",
     "test_properties.py": "input/properties",

@@ -9,167 +9,25 @@ which process wrote what, to the microsecond, on the server's clock — no relia
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import math
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
-from tests.integration.harness import ALICE, ALICE_PW
+from tests.integration.harness import ALICE
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
-from tests.realenv.proxy import HoldingProxy
 from tests.reliability import registry
-from tests.reliability.support import (
-    ccm_binary,
-    clean_env,
-    free_port,
-    http_get,
-    initialized,
-    is_initialized,
-    maybe_node,
-    metric_value,
-    missing,
-)
+from tests.reliability.replicas import DEADLINE, LEASE, RETRY, Replica, audit_writes, one_leader, replicas
+from tests.reliability.support import initialized, is_initialized, maybe_node, metric_value, missing
 
 pytestmark = pytest.mark.integration
-LEASE, DEADLINE, RETRY = 4.0, 2.5, 0.5
-WRITES = ("create", "update", "patch", "delete", "deletecollection")
-
-
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-@dataclass
-class Write:
-    user: str
-    verb: str
-    resource: str
-    name: str
-    code: int
-    received: float
-    completed: float
-
-
-def audit_writes(server: KubeAPIServer) -> list[Write]:
-    out = []
-    for event in server.audit_events():
-        if event.get("verb") not in WRITES:
-            continue
-        ref = event.get("objectRef") or {}
-        resource = str(ref.get("resource", "")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        out.append(Write(str((event.get("user") or {}).get("username", "")), str(event["verb"]), resource,
-                         str(ref.get("name", "")), int((event.get("responseStatus") or {}).get("code", 0)),
-                         _ts(event["requestReceivedTimestamp"]), _ts(event["stageTimestamp"])))
-    return sorted(out, key=lambda w: w.received)
-
-
-class Replica:
-    """One daemon process: its own tenant identity, its own lease identity, its own proxy to the management API."""
-
-    def __init__(self, name: str, server: KubeAPIServer, emulator: EmulatorServer, tmp: Path, *, lease: str,
-                 fault: str | None = None, **settings: str) -> None:
-        self.name, self.server, self.fault = name, server, fault
-        self.tenant_user, self.lease_user = f"ccm-{name}", f"lease-{name}"
-        self.proxy = HoldingProxy(server.port)
-        self.port = free_port()
-        self.log = tmp / f"{name}.log"
-        self.management_kubeconfig = tmp / f"{name}-management.kubeconfig"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.env = clean_env(
-            CLOUDSIGMA_REGION="zrh", CLOUDSIGMA_USERNAME=ALICE, CLOUDSIGMA_PASSWORD=ALICE_PW,
-            CLOUDSIGMA_API_URL=emulator.api_url, CLOUDSIGMA_IMPERSONATION_API_URL=emulator.api_url,
-            CLOUDSIGMA_KUBECONFIG=str(server.kubeconfig(self.tenant_user, ["system:masters"])),
-            CLOUDSIGMA_LEADER_ELECT="true", CLOUDSIGMA_LEADER_ELECT_KUBECONFIG=str(self.management_kubeconfig),
-            CLOUDSIGMA_LEADER_ELECT_RESOURCE_NAMESPACE="default", CLOUDSIGMA_LEADER_ELECT_RESOURCE_NAME=lease,
-            CLOUDSIGMA_LEADER_ELECT_IDENTITY=f"replica-{name}",
-            CLOUDSIGMA_LEADER_ELECT_LEASE_DURATION=f"{LEASE:g}s", CLOUDSIGMA_LEADER_ELECT_RENEW_DEADLINE=f"{DEADLINE:g}s",
-            CLOUDSIGMA_LEADER_ELECT_RETRY_PERIOD=f"{RETRY:g}s",
-            CLOUDSIGMA_METRICS_BIND_ADDRESS=f"127.0.0.1:{self.port}", CLOUDSIGMA_LOG_FORMAT="json",
-            CLOUDSIGMA_LOG_LEVEL="debug", CLOUDSIGMA_SERVER_CACHE_MAX_AGE="0.2s", CLOUDSIGMA_NODE_MONITOR_PERIOD="1s",
-            CLOUDSIGMA_HTTP_TIMEOUT="5s", CLOUDSIGMA_CONCURRENT_NODE_SYNCS="4",
-        )
-        self.env.update(settings)
-
-    async def start(self) -> None:
-        await self.proxy.start()
-        self.management_kubeconfig.write_text(
-            self.server.fresh_kubeconfig_text(self.lease_user, ["system:masters"], server=self.proxy.url))
-        command: Sequence[str] = ([sys.executable, "-m", "tests.reliability.faulty", self.fault]
-                                  if self.fault else [ccm_binary()])
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(*command, env=self.env, stdout=log, stderr=log,
-                                                             cwd=str(registry.ROOT))
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    async def metrics(self) -> str:
-        if not self.alive:
-            return ""
-        with contextlib.suppress(Exception):
-            return (await http_get(f"http://127.0.0.1:{self.port}/metrics"))[1]
-        return ""
-
-    async def leading(self) -> bool:
-        return metric_value(await self.metrics(), "cloudsigma_ccm_leader") == 1.0
-
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"event": "<not json>", "text": line})
-        return out
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.lines() if e.get("event") == name]
-
-    async def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-    async def stop(self) -> int | None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proxy.set_hold(0.0)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        await self.proxy.stop()
-        if self.log.exists():
-            registry.add_text(f"CCM log of replica {self.name} ({registry.current_nodeid()})", self.log.read_text())
-        return self.proc.returncode if self.proc is not None else None
-
-
-@contextlib.asynccontextmanager
-async def replicas(*started: Replica) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        for replica in started:
-            await replica.stop()
-
-
-async def one_leader(group: Sequence[Replica]) -> Replica | None:
-    leading = [r for r in group if await r.leading()]
-    return leading[0] if len(leading) == 1 else None
 
 
 async def register_steadily(api: ApiClient, names: Sequence[str], every: float) -> None:
