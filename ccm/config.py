@@ -250,6 +250,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _combinations(self) -> Settings:
+        if (self.password_file is not None and not self.username and self.password is None
+                and not self.password_file.exists()):
+            # deploy/ mounts the optional legacy Secret's password: without that Secret (and so without a
+            # username) the file is absent, and the fallback is simply not configured.
+            self.password_file = None
         self.client_secret = self.client_secret or _read_secret(self.client_secret_file, "client_secret_file")
         self.password = self.password or _read_secret(self.password_file, "password_file")
         if self.kubeconfig is None and os.environ.get("KUBECONFIG"):
