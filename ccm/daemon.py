@@ -270,7 +270,7 @@ async def run(settings: Settings, redactor: Redactor) -> int:
             task.cancel()
         await supervisor.stop()
         if fence is not None:
-            fence.close("stopping")
+            fence.close("stopping", expected=True)
         if elector is not None:
             # Safe on any exit: every task has stopped and the fence is closed, so a standby taking over now
             # cannot meet a write of ours. (After LeaderLost the lease is not ours and nothing is sent.)

@@ -48,13 +48,6 @@ class Fence:
         self.cancelled = 0
         self.refused = 0
 
-    @classmethod
-    def always_open(cls, name: str = "no leader election") -> Fence:
-        """A fence that never closes by itself (single replica without leader election)."""
-        fence = cls(name)
-        fence.grant(math.inf)
-        return fence
-
     @property
     def is_open(self) -> bool:
         return self._clock() < self._until
@@ -79,8 +72,9 @@ class Fence:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(max(0.0, self._until - self._clock()), self._expire)
 
-    def close(self, reason: str) -> None:
-        """Refuse every write from now on and cancel the ones in flight."""
+    def close(self, reason: str, *, expected: bool = False) -> None:
+        """Refuse every write from now on and cancel the ones in flight. ``expected``: a shutdown, not a loss
+        (logged at info unless writes had to be cancelled)."""
         was_granted = self._granted
         self._granted = False
         self._until = -math.inf
@@ -90,7 +84,8 @@ class Fence:
             self._timer = None
         cancelled = sum(1 for write in list(self._inflight) if write.cancel())
         if was_granted or cancelled:
-            log.warning("writes_fenced", fence=self.name, reason=reason, cancelled_in_flight=cancelled)
+            level = log.info if expected and not cancelled else log.warning
+            level("writes_fenced", fence=self.name, reason=reason, cancelled_in_flight=cancelled)
 
     def _expire(self) -> None:
         self._timer = None

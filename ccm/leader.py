@@ -4,21 +4,22 @@ Semantics of client-go's leaderelection: a candidate takes the Lease when it is 
 renewed it for ``lease_duration`` (judged by *our* clock since we last saw the record change, so clock skew
 between replicas does not matter); the leader renews every ``retry_period`` and gives up when no renewal
 succeeded for ``renew_deadline``. API errors count as failed attempts, not crashes: a short outage of the
-management API does not restart the leader. Losing the lease raises :class:`LeaderLost`, which the daemon
-turns into a non-zero exit so the Deployment restarts the pod (no half-stopped controllers linger).
-On a clean shutdown the lease is released so a standby takes over at once.
+management API does not restart the leader. While the lease is held, the elector grants its
+:class:`~ccm.fencing.Fence` until *start of the last successful renewal + renew deadline*; every renewal attempt is
+bounded by that same moment. When it passes, the fence is closed (tenant writes refused, those in flight
+cancelled) and only then :class:`LeaderLost` is raised, which the daemon turns into a non-zero exit so the
+Deployment restarts the pod. On shutdown the lease is released (bounded) so a standby takes over at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,7 +176,7 @@ class LeaseElector:
     async def release(self, timeout: float = 3.0) -> None:
         """Give the lease up (clean shutdown) so a standby need not wait for it to expire. Closes the fence
         first: nothing may be written once another replica can take over. Bounded by ``timeout``."""
-        self.fence.close("lease released")
+        self.fence.close("lease released", expected=True)
         if not self.leading:
             return
         self.leading = False
@@ -190,35 +191,3 @@ class LeaseElector:
         except (KubeError, TimeoutError) as exc:
             log.warning("lease_release_failed", lease=self.lease, identity=self.identity,
                         error=type(exc).__name__, hint="the lease expires by itself after its duration")
-
-
-async def run_as_leader(
-    elector: LeaseElector,
-    *,
-    lead: Callable[[], Coroutine[Any, Any, None]],
-    on_leading_changed: Callable[[bool], None] | None = None,
-) -> None:
-    """Wait for the lease, then run ``lead()`` while renewing it; raise :class:`LeaderLost` when it is lost."""
-    lease = f"{elector.namespace}/{elector.name}"
-    log.info("leader_election_waiting", identity=elector.identity, lease=lease)
-    await elector.acquire()
-    log.info("leader_elected", identity=elector.identity, lease=lease)
-    if on_leading_changed:
-        on_leading_changed(True)
-    keeper = asyncio.create_task(elector.keep(), name="lease-renewal")
-    leader = asyncio.create_task(lead(), name="leader-work")
-    try:
-        done, _ = await asyncio.wait({keeper, leader}, return_when=asyncio.FIRST_COMPLETED)
-        if keeper in done:
-            exc = keeper.exception()
-            log.error("leader_lost", identity=elector.identity, lease=lease, reason=str(exc))
-            if on_leading_changed:
-                on_leading_changed(False)
-            raise exc if exc is not None else LeaderLost(lease)
-        leader.result()  # the work ended (shutdown) or failed: propagate
-    finally:
-        for task in (keeper, leader):
-            task.cancel()
-        for task in (keeper, leader):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
