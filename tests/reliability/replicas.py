@@ -27,7 +27,9 @@ from tests.realenv.secret_volume import SecretVolume
 from tests.reliability import registry
 from tests.reliability.support import ccm_binary, clean_env, free_port, http_get, metric_value
 
-LEASE, DEADLINE, RETRY = 4.0, 2.5, 0.5
+# A 0.4 scale of the defaults (15/10/2 s): short enough for a test, long enough that a loaded 2-core machine does
+# not miss renewals by itself.
+LEASE, DEADLINE, RETRY = 6.0, 4.0, 0.5
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 
 

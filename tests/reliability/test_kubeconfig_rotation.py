@@ -24,7 +24,7 @@ from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
 from tests.integration.harness import ALICE
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
-from tests.realenv.nodes import register_node, wait_for
+from tests.realenv.nodes import delete_all_nodes, register_node, wait_for
 from tests.realenv.secret_volume import SecretVolume
 from tests.reliability import registry
 from tests.reliability.replicas import Replica, replicas
@@ -188,6 +188,9 @@ async def test_management_kubeconfig_rotated_while_leading(
                  "certificate per the audit log), `kubeconfig_reloaded` names the management kubeconfig, and it "
                  "still initializes nodes",
         faults=1, nodes_checked=1)
+    admin = await api_client_for(audited_apiserver.admin_kubeconfig)
+    await delete_all_nodes(admin)  # the audited API server lives for the session
+    await admin.close()
     replica = Replica("m1", audited_apiserver, emulator, tmp_path, lease="ccm-rotate-management",
                       management_valid_for=timedelta(seconds=OLD_CERT_LIFETIME))
     expires = time.time() + OLD_CERT_LIFETIME
