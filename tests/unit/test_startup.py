@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 import ccm.daemon
 from ccm.cli import main
@@ -16,6 +19,19 @@ from ccm.kube.kubeconfig import KubeconfigError, parse_kubeconfig
 from ccm.shutdown import ShutdownBudget
 
 PASSWORD = "pw-on-the-command-line-0451"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures logging onto the captured stderr, which is closed after the test: put it back."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.handlers, root.level = handlers, level
 
 
 @pytest.fixture
