@@ -1,7 +1,9 @@
 """``cloudsigma-ccm`` command line: ``run`` (default) and ``doctor``.
 
 Flags are generated from :class:`ccm.config.Settings`, so every setting is both ``CLOUDSIGMA_<NAME>`` and
-``--<name>``; flags win over the environment. Configuration errors print one line and exit with code 2.
+``--<name>``; flags win over the environment. Configuration errors (including an unusable kubeconfig) print one
+line and exit with code 2; any other exception that escapes start-up prints one line, through the log redactor,
+and exits with code 1.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
 from pydantic.fields import FieldInfo
 
-from ccm.config import ConfigError, Settings, env_name, flag_name, load_settings
+from ccm.config import ConfigError, Settings, env_name, flag_name, load_settings, secrets_of
 from ccm.logging import configure_logging
 
+EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 COMMANDS = ("run", "doctor")
 
@@ -74,6 +78,22 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any]]:
     return command, vars(namespace)
 
 
+#: Flags whose value is a secret: a command line is readable by anyone on the node (/proc/<pid>/cmdline).
+SECRET_FLAGS = {"client_secret": "client_secret_file", "password": "password_file",
+                "static_token": "static_token_file"}
+
+
+def warn_secret_flags(values: dict[str, Any]) -> None:
+    """Secrets given as flags keep working, but say once where they belong."""
+    log = structlog.get_logger("ccm.cli")
+    for name, file_name in SECRET_FLAGS.items():
+        if name in values:
+            log.warning("secret_on_command_line", flag=flag_name(name),
+                        why="command lines are readable by every process on the node (/proc/<pid>/cmdline)",
+                        instead=f"{env_name(file_name)} / {flag_name(file_name)} (a mounted Secret file, re-read "
+                                "when it is rotated)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     command, values = parse(sys.argv[1:] if argv is None else argv)
     output = values.pop("output", "table")
@@ -83,17 +103,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
     redactor = configure_logging(level=settings.log_level, fmt=settings.log_format)
-    if command == "doctor":
-        from ccm.doctor import run_doctor
-
-        return asyncio.run(run_doctor(settings, redactor, output=output))
-    from ccm.daemon import run
-
+    for secret in secrets_of(settings):
+        redactor.add(secret)
+    warn_secret_flags(values)
     try:
+        if command == "doctor":
+            from ccm.doctor import run_doctor
+
+            return asyncio.run(run_doctor(settings, redactor, output=output))
+        from ccm.daemon import run
+
         return asyncio.run(run(settings, redactor))
-    except ValueError as exc:  # provider registry / chain construction problems are configuration errors
-        print(f"configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # found while starting: an unusable kubeconfig
+        print(redactor.redact_text(str(exc)), file=sys.stderr)
         return EXIT_CONFIG
+    except ValueError as exc:  # provider registry / chain construction problems are configuration errors
+        print(redactor.redact_text(f"configuration error: {exc}"), file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # anything else that escaped start-up: one line, through the redactor
+        print(redactor.redact_text(f"cloudsigma-ccm failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ are checked here (readable, not empty) and read by the credential providers, whi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -21,9 +22,20 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ccm.shutdown import ShutdownBudget
+
 IMPERSONATION_STRATEGIES = ("keycloak-token-exchange", "cloudsigma-service-provider")
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*"
                           r"(?:(\d+(?:\.\d+)?)ms)?\s*$")
+
+
+#: Settings that are durations (``30s``, ``5m``, ``1h30m``, ``250ms`` or seconds).
+DURATION_FIELDS = (
+    "token_refresh_margin", "http_timeout", "node_status_update_frequency", "server_cache_max_age",
+    "node_monitor_period", "node_deletion_grace_period", "watch_timeout", "shutdown_timeout",
+    "termination_grace_period", "leader_elect_lease_duration", "leader_elect_renew_deadline",
+    "leader_elect_retry_period",
+)
 
 
 class ConfigError(ValueError):
@@ -39,7 +51,9 @@ def flag_name(field: str) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """``"5m"``, ``"1h30m"``, ``"10s"``, ``"250ms"`` or a number of seconds → seconds (>= 0)."""
+    """``"5m"``, ``"1h30m"``, ``"10s"``, ``"250ms"`` or a number of seconds → seconds (finite, >= 0).
+
+    Messages never repeat the value: a secret pasted into the wrong variable must not reach a log."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 5m or 1h")
     if isinstance(value, int | float):
@@ -50,23 +64,25 @@ def parse_duration(value: Any) -> float:
             seconds = float(text)
         except ValueError:
             if text.startswith("-"):
-                raise ValueError(f"{value!r} is negative; durations must be >= 0") from None
+                raise ValueError("is negative; durations must be >= 0") from None
             match = _DURATION_RE.match(text)
             if not text or not match or not any(match.groups()):
-                raise ValueError(f"{value!r} is not a duration; use e.g. 30s, 5m, 1h") from None
+                raise ValueError("is not a duration; use e.g. 30s, 5m, 1h") from None
             h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
             seconds = h * 3600 + m * 60 + s + ms / 1000
     else:
         raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError("is not a finite duration; use e.g. 30s, 5m, 1h")
     if seconds < 0:
-        raise ValueError(f"{value!r} is negative; durations must be >= 0")
+        raise ValueError("is negative; durations must be >= 0")
     return seconds
 
 
 def _check_url_template(value: str, *, what: str) -> str:
     parsed = urlparse(value.replace("{region}", "region"))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"{value!r} is not an http(s) URL for the {what}")
+        raise ValueError(f"is not an http(s) URL for the {what}")
     return value
 
 
@@ -144,7 +160,8 @@ class Settings(BaseSettings):
     api_retry_attempts: int = Field(4, ge=1, le=20, description="Attempts per CloudSigma call (transient errors).")
 
     # -- tenant cluster and controllers --
-    kubeconfig: Path | None = Field(None, description="Tenant kubeconfig (or KUBECONFIG); in-cluster if unset.")
+    kubeconfig: Path | None = Field(None, description="Tenant kubeconfig (or KUBECONFIG); in-cluster if unset. "
+                                    "Re-read when the file changes (a rotated Secret).")
     cluster_name: str = Field("", description="Name of the tenant cluster, for logs and events.")
     concurrent_node_syncs: int = Field(16, ge=1, le=256, description="Node reconcile workers (lookups come from "
                                        "the shared snapshot, so workers mostly wait on Kubernetes writes).")
@@ -164,15 +181,21 @@ class Settings(BaseSettings):
         "off", description="Kubelet-serving CSRs: off; approve those whose node, subject, usages, key and "
         "SANs check out against the cloud (others stay pending); approve-or-deny: deny the others. Needs "
         "deploy/tenant/csr-approval.")
+    termination_grace_period: float = Field(
+        30.0, description="terminationGracePeriodSeconds of the pod: the shutdown timeout plus the event flush "
+        "(2s), the lease release (3s) and the exit (2s) must fit in it; checked at start-up.")
 
     # -- leader election (management cluster) --
     leader_elect: bool = Field(True, description="Use a Lease so only one replica reconciles.")
-    leader_elect_kubeconfig: Path | None = Field(None, description="Management kubeconfig; in-cluster if unset.")
+    leader_elect_kubeconfig: Path | None = Field(None, description="Management kubeconfig; in-cluster if unset. "
+                                                 "Re-read when the file changes.")
     leader_elect_resource_name: str = Field("cloudsigma-ccm", description="Lease name.")
     leader_elect_resource_namespace: str | None = Field(None, description="Lease namespace; default: pod namespace.")
-    leader_elect_lease_duration: float = Field(15.0, description="Lease duration.")
-    leader_elect_renew_deadline: float = Field(10.0, description="Renew deadline.")
-    leader_elect_retry_period: float = Field(2.0, description="Retry period.")
+    leader_elect_lease_duration: float = Field(15.0, description="Lease duration: how long a standby waits for a "
+                                               "silent leader before it takes over.")
+    leader_elect_renew_deadline: float = Field(10.0, description="Renew deadline: a leader whose last successful "
+                                               "renewal is this old stops writing and exits 1.")
+    leader_elect_retry_period: float = Field(2.0, description="Retry period of renewals and acquisition attempts.")
     leader_elect_identity: str | None = Field(None, description="Holder identity; default: hostname_uuid.")
 
     # -- operations --
@@ -181,11 +204,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="json, console, or auto (tty).")
 
-    @field_validator(
-        "node_status_update_frequency", "server_cache_max_age", "node_monitor_period", "node_deletion_grace_period",
-        "http_timeout", "token_refresh_margin", "watch_timeout", "shutdown_timeout", "leader_elect_lease_duration",
-        "leader_elect_renew_deadline", "leader_elect_retry_period", mode="before",
-    )
+    @field_validator(*DURATION_FIELDS, mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -207,9 +226,9 @@ class Settings(BaseSettings):
             from credentials.registry import known_providers
 
             known = known_providers()
-            unknown = [name for name in value if name not in known]
+            unknown = [str(i) for i, name in enumerate(value, 1) if name not in known]
             if unknown:
-                raise ValueError(f"names unknown provider(s) {', '.join(map(repr, unknown))}; "
+                raise ValueError(f"names an unknown provider (item {', '.join(unknown)} of the list); "
                                  f"known providers: {', '.join(sorted(known))}")
         return value
 
@@ -252,7 +271,7 @@ class Settings(BaseSettings):
             return None
         value = value.strip()
         if value and ("@" not in value or " " in value):
-            raise ValueError(f"{value!r} is not an email address")
+            raise ValueError("is not an email address")
         return value or None
 
     @field_validator("leader_elect_resource_name")
@@ -260,18 +279,23 @@ class Settings(BaseSettings):
     def _lease_name(cls, value: str) -> str:
         dns_subdomain = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
         if not re.fullmatch(dns_subdomain, value) or len(value) > 253:
-            raise ValueError(f"{value!r} is not a valid Lease name (lower-case letters, digits, '-' and '.')")
+            raise ValueError("is not a valid Lease name (lower-case letters, digits, '-' and '.')")
         return value
 
     @field_validator("impersonation_strategy")
     @classmethod
     def _strategy(cls, value: str) -> str:
         if value not in IMPERSONATION_STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; use one of {', '.join(IMPERSONATION_STRATEGIES)}")
+            raise ValueError(f"names an unknown strategy; use one of {', '.join(IMPERSONATION_STRATEGIES)}")
         return value
 
     @model_validator(mode="after")
     def _combinations(self) -> Settings:
+        if (self.password_file is not None and not self.username and self.password is None
+                and not self.password_file.exists()):
+            # deploy/ mounts the optional legacy Secret's password: without that Secret (and so without a
+            # username) the file is absent, and the fallback is simply not configured.
+            self.password_file = None
         # Secret files are read by the providers (and re-read on rotation); here they must be usable at start.
         for name in ("client_secret_file", "password_file", "static_token_file", "client_assertion_file",
                      "client_private_key_file"):
@@ -281,7 +305,7 @@ class Settings(BaseSettings):
         if not self.region:
             raise _cross("region", "is required: set it to the CloudSigma location of the cluster (e.g. zrh)")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.region):
-            raise _cross("region", f"{self.region!r} is not a location id (lower-case letters, digits, '-')")
+            raise _cross("region", "is not a location id (lower-case letters, digits, '-')")
         if self.client_assertion_audience and self.client_assertion_file is None:
             raise _cross("client_assertion_file", "is missing: CLOUDSIGMA_CLIENT_ASSERTION_AUDIENCE is set, but not "
                          "the file holding the projected service-account token")
@@ -340,6 +364,11 @@ class Settings(BaseSettings):
         for name in ("http_timeout", "server_cache_max_age", "node_monitor_period", "watch_timeout"):
             if getattr(self, name) <= 0:
                 raise _cross(name, "must be greater than zero")
+        budget = ShutdownBudget(drain=self.shutdown_timeout)
+        if not budget.fits(self.termination_grace_period):
+            raise _cross("shutdown_timeout", f"does not fit the pod's grace period: it plus {budget.overhead:g}s "
+                         "(event flush, lease release, exit) must be at most --termination-grace-period; "
+                         "shorten it or raise terminationGracePeriodSeconds and CLOUDSIGMA_TERMINATION_GRACE_PERIOD")
         return self
 
     @property
@@ -371,6 +400,12 @@ def _check_secret_file(path: Path | None, field: str) -> None:
         raise _cross(field, f"{path} is empty")
 
 
+def secrets_of(settings: Settings) -> list[str]:
+    """The secret values configured directly (the log redactor hides them from the first line on)."""
+    values = [settings.client_secret, settings.password, settings.static_token]
+    return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming the setting (env var and flag) and what is wrong."""
     err = exc.errors()[0]
@@ -383,6 +418,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         field, message = inner.field, str(inner)
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
+    rejected = err.get("input")
+    if isinstance(rejected, str) and rejected.strip() and rejected in message:
+        message = message.replace(rejected, "(the value)")  # never echo what was rejected: it may be a secret
     if not field:
         return f"configuration error: {message}"
     return f"configuration error: {env_name(field)} / {flag_name(field)} {message}"

@@ -1,33 +1,37 @@
 """The daemon: wires configuration, credentials, the CloudSigma client, the tenant API and the controllers.
 
 Lifecycle: optional leader election in the management cluster → list+watch Nodes → workers reconcile →
-lifecycle checks. SIGTERM/SIGINT stop taking work, let in-flight reconciles finish within
-``--shutdown-timeout`` and exit 0. Losing the lease exits 1 so the Deployment restarts the pod.
+lifecycle checks. Every long-running task runs under one :class:`~ccm.supervisor.Supervisor`: if any ends
+unexpectedly (or the lease is lost) the process logs why and exits 1 so the Deployment restarts the pod and a
+standby takes over; all tenant writes pass the lease's :class:`~ccm.fencing.Fence`. SIGTERM/SIGINT stop taking
+work, let in-flight reconciles finish within ``--shutdown-timeout``, flush events, release the lease — each step
+bounded to fit ``--termination-grace-period`` (:mod:`ccm.shutdown`) — and exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import structlog
-from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
-from ccm.config import Settings
+from ccm.config import ConfigError, Settings, env_name, flag_name, secrets_of
 from ccm.csr.controller import CSRController
+from ccm.fencing import Fence
 from ccm.health import HealthState, create_app, start_server
-from ccm.kube.clients import api_client, in_cluster_namespace
+from ccm.kube.clients import KubeconfigClient, KubeconfigError, api_client, in_cluster_namespace
 from ccm.kube.events import EventRecorder
 from ccm.kube.permissions import TENANT, leader_election, needed
 from ccm.kube.transport import KubeTransport
 from ccm.kube.watching import NodeWatcher
-from ccm.leader import LeaderLost, LeaseElector, default_identity, run_as_leader
+from ccm.leader import LeaderLost, LeaseElector, default_identity
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
 from ccm.nodes.account import AccountMonitor
@@ -36,33 +40,43 @@ from ccm.nodes.controller import NodeController
 from ccm.nodes.lifecycle import LifecycleController
 from ccm.nodes.reconcile import NodeReconciler, ReconcileSettings
 from ccm.servercache import ServerCache
+from ccm.shutdown import EXIT_MARGIN, LEASE_RELEASE_TIMEOUT, ShutdownBudget
+from ccm.supervisor import Supervisor
 from cloudsigma.client import CloudSigmaClient, RetryPolicy
 from credentials.base import Credential
 from credentials.chain import CredentialChain
 from credentials.factory import build_chain
 
+__all__ = ["Components", "RedactingSource", "build", "run", "run_controllers", "secrets_of"]
+
 log = structlog.get_logger(__name__)
 
 
 class RedactingSource:
-    """Hands credentials to the client and teaches the log redactor every secret it hands out."""
+    """Hands credentials to the client and teaches the log redactor every secret it hands out — for as long as
+    it can appear: until the credential expires, or shortly after it is invalidated."""
 
     def __init__(self, chain: CredentialChain, redactor: Redactor) -> None:
         self.chain = chain
         self._redactor = redactor
 
+    def _teach(self, credential: Credential) -> None:
+        until = credential.expires_at if credential.expires_at is not None else math.inf
+        self._redactor.add(credential.secret.get_secret_value(), until=until)
+
     async def get(self, user_email: str, region: str) -> Credential:
         credential = await self.chain.get(user_email, region)
-        self._redactor.add(credential.secret.get_secret_value())
+        self._teach(credential)
         return credential
 
     def invalidate(self, credential: Credential) -> None:
         self.chain.invalidate(credential)
+        self._redactor.retire(credential.secret.get_secret_value())
 
     async def fallback_after_forbidden(self, user_email: str, region: str, failed: Credential) -> Credential | None:
         credential = await self.chain.fallback_after_forbidden(user_email, region, failed)
         if credential is not None:
-            self._redactor.add(credential.secret.get_secret_value())
+            self._teach(credential)
         return credential
 
 
@@ -75,7 +89,7 @@ class Components:
     chain: CredentialChain
     client: CloudSigmaClient
     cache: ServerCache
-    tenant: ApiClient
+    tenant: ApiClient | KubeconfigClient
     kube: KubeTransport
     watcher: NodeWatcher
     events: EventRecorder
@@ -92,15 +106,23 @@ class Components:
         await self.tenant.close()
 
 
-def secrets_of(settings: Settings) -> list[str]:
-    values = [settings.client_secret, settings.password, settings.static_token]
-    return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+async def kube_client(path: Path | None, *, setting: str, what: str) -> ApiClient | KubeconfigClient:
+    """The client of a kubeconfig file (followed when it is rotated), or the in-cluster one when ``None``.
+    An unusable kubeconfig is a :class:`ConfigError` naming the setting and the file."""
+    if path is None:
+        return await api_client(None)
+    try:
+        return await KubeconfigClient.open(path, what=what)
+    except KubeconfigError as exc:
+        raise ConfigError(f"configuration error: {env_name(setting)} / {flag_name(setting)} {exc}") from None
 
 
-async def build(settings: Settings, redactor: Redactor) -> Components:
+async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None = None) -> Components:
+    """Wire the parts. With a ``fence``, every write to the tenant API is fenced by it (leader election)."""
     metrics = Metrics()
     for secret in secrets_of(settings):
         redactor.add(secret)
+    tenant = await kube_client(settings.kubeconfig, setting="kubeconfig", what="tenant kubeconfig")
     chain = build_chain(settings, on_event=metrics.credential_event, on_secret=redactor.add)
     source = RedactingSource(chain, redactor)
     user = settings.user_email or ""
@@ -111,8 +133,7 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
     )
     cache = ServerCache(client, max_age=settings.server_cache_max_age,
                         on_refresh=lambda _: metrics.snapshot_refreshes.inc())
-    tenant = await api_client(settings.kubeconfig)
-    kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
+    kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(), fence=fence,
                          permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
                                             csr_approval=settings.csr_approval != "off"))
     watcher = NodeWatcher(kube, watch_timeout=settings.watch_timeout,
@@ -148,7 +169,10 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
 
 
 async def run_controllers(parts: Components, health: HealthState | None = None) -> None:
-    """Watch, reconcile and monitor until cancelled (or until the node controller is shut down)."""
+    """Watch, reconcile and monitor until cancelled or until the node controller is shut down.
+
+    The watcher, the lifecycle loop and the workers are supervised: if one ends unexpectedly this raises
+    :class:`TaskEnded` (after stopping the others) instead of carrying on half-alive."""
 
     async def mark_synced() -> None:
         await parts.watcher.synced.wait()
@@ -156,93 +180,136 @@ async def run_controllers(parts: Components, health: HealthState | None = None) 
             health.synced = True
         log.info("initial_node_sync_done", nodes=len(parts.watcher.store))
 
-    coros = [parts.watcher.run(), parts.lifecycle.run(), mark_synced()]
+    supervisor = Supervisor()
+    supervisor.start("node-watcher", parts.watcher.run())
+    supervisor.start("lifecycle", parts.lifecycle.run())
     if parts.csr is not None:
-        coros.append(parts.csr.run())
-    tasks = [asyncio.create_task(coro) for coro in coros]
+        supervisor.start("csr-approver", parts.csr.run())
+    supervisor.start("initial-sync", mark_synced(), may_finish=True)
+    workers = supervisor.start("node-workers", parts.controller.run(), may_finish=True)
+    failure = asyncio.ensure_future(supervisor.failure())
     try:
-        await parts.controller.run()
+        await asyncio.wait({workers, failure}, return_when=asyncio.FIRST_COMPLETED)
+        if failure.done():
+            raise failure.result()
+        # The workers returned: the queue was shut down (SIGTERM). Anything else is over too.
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        failure.cancel()
+        await supervisor.stop()
+
+
+async def serve_health(health: HealthState, metrics: Metrics, bind_address: str) -> None:
+    """The /healthz, /readyz and /metrics server, as a task that runs until cancelled."""
+    runner = await start_server(create_app(health, metrics), bind_address)
+    log.info("health_server_listening", address=bind_address)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def lease_namespace(settings: Settings) -> str:
+    return (settings.leader_elect_resource_namespace or os.environ.get("POD_NAMESPACE")
+            or in_cluster_namespace() or "default")
 
 
 async def run(settings: Settings, redactor: Redactor) -> int:
-    """Run until SIGTERM/SIGINT (→ 0) or loss of the lease (→ 1)."""
-    parts = await build(settings, redactor)
+    """Run until SIGTERM/SIGINT (→ 0), loss of the lease or any supervised task ending (→ 1)."""
+    fence: Fence | None = None
+    management: ApiClient | KubeconfigClient | None = None
+    if settings.leader_elect:
+        fence = Fence(f"lease {lease_namespace(settings)}/{settings.leader_elect_resource_name}")
+        # Opened first: an unusable management kubeconfig is a configuration error before anything starts.
+        management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
+                                       what="management kubeconfig")
+    try:
+        parts = await build(settings, redactor, fence=fence)
+    except BaseException:
+        if management is not None:
+            await management.close()
+        raise
     health = HealthState(last_watch_activity=lambda: parts.watcher.last_activity,
                          watch_stale_after=max(3 * settings.watch_timeout, 120.0))
     health.credentials, health.redact = parts.chain.status, redactor.redact_text
-    runner: web.AppRunner | None = None
-    if settings.metrics_bind_address:
-        runner = await start_server(create_app(health, parts.metrics), settings.metrics_bind_address)
-        log.info("health_server_listening", address=settings.metrics_bind_address)
-
+    supervisor = Supervisor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    async def lead() -> None:
-        health.leading = True
-        parts.metrics.leader.set(1)
-        await run_controllers(parts, health)
-
     def leading_changed(leading: bool) -> None:
         health.leading = leading
         parts.metrics.leader.set(1 if leading else 0)
 
-    management: ApiClient | None = None
+    if settings.metrics_bind_address:
+        supervisor.start("health-server", serve_health(health, parts.metrics, settings.metrics_bind_address))
     elector: LeaseElector | None = None
-    if settings.leader_elect:
-        management = await api_client(settings.leader_elect_kubeconfig)
-        namespace = (settings.leader_elect_resource_namespace or os.environ.get("POD_NAMESPACE")
-                     or in_cluster_namespace() or "default")
+    if management is not None and fence is not None:
+        lease = f"{lease_namespace(settings)}/{settings.leader_elect_resource_name}"
         elector = LeaseElector(
             KubeTransport(management, timeout=settings.leader_elect_renew_deadline,
-                          permissions=leader_election(namespace, settings.leader_elect_resource_name)),
-            name=settings.leader_elect_resource_name, namespace=namespace,
+                          permissions=leader_election(lease_namespace(settings), settings.leader_elect_resource_name)),
+            name=settings.leader_elect_resource_name, namespace=lease_namespace(settings),
             identity=settings.leader_elect_identity or default_identity(),
             lease_duration=settings.leader_elect_lease_duration, renew_deadline=settings.leader_elect_renew_deadline,
-            retry_period=settings.leader_elect_retry_period,
+            retry_period=settings.leader_elect_retry_period, fence=fence,
+            on_failure=lambda step: parts.metrics.lease_failures.labels(lease, step).inc(),
         )
-        main: Any = run_as_leader(elector, lead=lead, on_leading_changed=leading_changed)
+
+        async def campaign(elector: LeaseElector) -> None:
+            log.info("leader_election_waiting", identity=elector.identity, lease=elector.lease)
+            await elector.acquire()
+            log.info("leader_elected", identity=elector.identity, lease=elector.lease)
+            leading_changed(True)
+            supervisor.start("lease-keeper", elector.keep())
+            supervisor.start("controllers", run_controllers(parts, health))
+
+        supervisor.start("leader-election", campaign(elector), may_finish=True)
     else:
-        main = lead()
+        leading_changed(True)
+        supervisor.start("controllers", run_controllers(parts, health))
     log.info("ccm_starting", region=settings.region, cs_user=settings.user_email, cluster=settings.cluster_name,
              credential_chain=settings.credential_chain, workers=settings.concurrent_node_syncs,
              leader_elect=settings.leader_elect)
-    main_task = asyncio.create_task(main, name="ccm-main")
-    stop_task = asyncio.create_task(stop.wait(), name="ccm-stop")
+    failure = asyncio.ensure_future(supervisor.failure())
+    stop_task = asyncio.ensure_future(stop.wait())
     exit_code = 0
     try:
-        await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            log.info("ccm_stopping", reason="signal", timeout=settings.shutdown_timeout)
-            await parts.controller.shutdown(settings.shutdown_timeout)
-            await parts.events.flush(timeout=3.0)
-        elif main_task.done():
-            exc = main_task.exception()
-            if isinstance(exc, LeaderLost):
-                exit_code = 1
-            elif exc is not None:
-                log.error("ccm_crashed", error=repr(exc))
-                exit_code = 1
+        await asyncio.wait({failure, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if failure.done():
+            exit_code = 1
+            ended = failure.result()
+            if isinstance(ended.cause, LeaderLost):
+                log.error("leader_lost", lease=elector.lease if elector else "", reason=str(ended.cause))
+            else:
+                log.error("ccm_task_ended", task=ended.name, error=str(ended), exc_info=ended.cause)
+            leading_changed(False)
+        else:
+            await shutdown(parts, supervisor, settings)
     finally:
-        for task in (main_task, stop_task):
+        for task in (failure, stop_task):
             task.cancel()
-        for task in (main_task, stop_task):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if elector is not None and exit_code == 0:
-            await elector.release()
-        if runner is not None:
-            await runner.cleanup()
-        await parts.close()
-        if management is not None:
-            await management.close()
+        await supervisor.stop()
+        if fence is not None:
+            fence.close("stopping", expected=True)
+        if elector is not None:
+            # Safe on any exit: every task has stopped and the fence is closed, so a standby taking over now
+            # cannot meet a write of ours. (After LeaderLost the lease is not ours and nothing is sent.)
+            await elector.release(timeout=LEASE_RELEASE_TIMEOUT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT_MARGIN):
+                await parts.close()
+                if management is not None:
+                    await management.close()
     log.info("ccm_stopped", exit_code=exit_code)
     return exit_code
+
+
+async def shutdown(parts: Components, supervisor: Supervisor, settings: Settings) -> None:
+    """SIGTERM: stop taking work, let in-flight reconciles finish, flush events — each bounded (ccm.shutdown)."""
+    budget = ShutdownBudget(drain=settings.shutdown_timeout)
+    log.info("ccm_stopping", reason="signal", timeout=settings.shutdown_timeout, budget=budget.total,
+             grace_period=settings.termination_grace_period)
+    supervisor.stopping = True  # the controllers ending now is the plan, not a failure
+    await parts.controller.shutdown(budget.drain)
+    await parts.events.flush(timeout=budget.flush)

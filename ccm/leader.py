@@ -4,26 +4,29 @@ Semantics of client-go's leaderelection: a candidate takes the Lease when it is 
 renewed it for ``lease_duration`` (judged by *our* clock since we last saw the record change, so clock skew
 between replicas does not matter); the leader renews every ``retry_period`` and gives up when no renewal
 succeeded for ``renew_deadline``. API errors count as failed attempts, not crashes: a short outage of the
-management API does not restart the leader. Losing the lease raises :class:`LeaderLost`, which the daemon
-turns into a non-zero exit so the Deployment restarts the pod (no half-stopped controllers linger).
-On a clean shutdown the lease is released so a standby takes over at once.
+management API does not restart the leader. While the lease is held, the elector grants its
+:class:`~ccm.fencing.Fence` until *start of the last successful renewal + renew deadline*; every renewal attempt is
+bounded by that same moment. When it passes, the fence is closed (tenant writes refused, those in flight
+cancelled) and only then :class:`LeaderLost` is raised, which the daemon turns into a non-zero exit so the
+Deployment restarts the pod. On shutdown the lease is released (bounded) so a standby takes over at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from ccm.kube.errors import Conflict, KubeError, KubeNotFound
+from ccm.fencing import Fence
+from ccm.kube.errors import KubeError, KubeNotFound
 from ccm.kube.transport import JSON, KubeTransport
 
 log = structlog.get_logger(__name__)
@@ -42,8 +45,17 @@ def _micro_time() -> str:
 
 
 class LeaseElector:
+    """One Lease: acquire it, keep it, give it up; grants its :class:`~ccm.fencing.Fence` while it is held.
+
+    Each renewal attempt is bounded by the time left until ``start of the last successful renewal + renew
+    deadline`` (client-go's context deadline); the fence is granted until that same moment, so writes stop then
+    even if the attempt, or the whole event loop's view of the management API, hangs. A process may run several
+    electors (one per lease), each with its own fence.
+    """
+
     def __init__(self, kube: KubeTransport, *, name: str, namespace: str, identity: str, lease_duration: float,
-                 renew_deadline: float, retry_period: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 renew_deadline: float, retry_period: float, clock: Callable[[], float] = time.monotonic,
+                 fence: Fence | None = None, on_failure: Callable[[str], None] | None = None) -> None:
         self._kube = kube
         self.name = name
         self.namespace = namespace
@@ -52,9 +64,17 @@ class LeaseElector:
         self._deadline = renew_deadline
         self._retry = retry_period
         self._clock = clock
+        self.fence = fence if fence is not None else Fence(f"lease {namespace}/{name}", clock=clock)
+        self._on_failure = on_failure
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
+        #: Clock value at the start of the last successful acquisition or renewal.
+        self.renewed_at = -math.inf
         self.leading = False
+
+    @property
+    def lease(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
     @property
     def _path(self) -> str:
@@ -72,6 +92,15 @@ class LeaseElector:
             "leaseTransitions": transitions,
         }
 
+    def _failed(self, step: str, exc: KubeError | None = None) -> None:
+        """A lease call that did not succeed: a warning (a leader near its deadline, or a standby that cannot
+        see the lease, is worth an operator's attention) and a metric."""
+        fields = exc.log_fields() if exc is not None else {"error": "timeout"}
+        log.warning("lease_call_failed", lease=self.lease, identity=self.identity, step=step,
+                    leading=self.leading, **fields)
+        if self._on_failure is not None:
+            self._on_failure(step)
+
     async def try_acquire_or_renew(self) -> bool:
         try:
             lease = await self._kube.request("GET", self._path)
@@ -83,10 +112,10 @@ class LeaseElector:
                                          body=body)
                 return True
             except KubeError as exc:
-                log.debug("lease_create_failed", **exc.log_fields())
+                self._failed("create", exc)
                 return False
         except KubeError as exc:
-            log.debug("lease_get_failed", **exc.log_fields())
+            self._failed("get", exc)
             return False
         spec: dict[str, Any] = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
@@ -95,78 +124,70 @@ class LeaseElector:
         if record != self._observed:
             self._observed, self._observed_at = record, now
         if holder and holder != self.identity and now < self._observed_at + self._duration:
-            return False  # somebody else holds a live lease
+            return False  # somebody else holds a live lease: not a failure
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": lease.get("metadata") or {},
                 "spec": self._spec(spec if holder else None)}
         try:
             updated: JSON = await self._kube.request("PUT", self._path, body=body)
-        except (Conflict, KubeError) as exc:
-            log.debug("lease_update_failed", **exc.log_fields())
+        except KubeError as exc:
+            self._failed("update", exc)
             return False
         new_spec = updated.get("spec") or {}
         self._observed = (new_spec.get("holderIdentity"), new_spec.get("renewTime"), new_spec.get("leaseTransitions"))
         self._observed_at = self._clock()
         return True
 
+    def _renewed(self, started: float) -> None:
+        self.renewed_at = started
+        self.fence.grant(started + self._deadline)
+
     async def acquire(self) -> None:
+        """Wait until the lease is ours; the fence is granted from then on."""
         while True:
+            started = self._clock()
             if await self.try_acquire_or_renew():
                 self.leading = True
+                self._renewed(started)
                 return
             await asyncio.sleep(self._retry * (1 + 0.2 * random.random()))
 
     async def keep(self) -> None:
-        """Renew until it fails for ``renew_deadline``; then raise :class:`LeaderLost`."""
-        last_ok = self._clock()
+        """Renew every ``retry_period``; when no renewal succeeded by ``last success + renew_deadline``, close the
+        fence (refusing new writes and cancelling those in flight) and only then raise :class:`LeaderLost`."""
         while True:
-            await asyncio.sleep(self._retry)
-            if await self.try_acquire_or_renew():
-                last_ok = self._clock()
-            elif self._clock() - last_ok >= self._deadline:
+            deadline = self.renewed_at + self._deadline
+            await asyncio.sleep(max(0.0, min(self._retry, deadline - self._clock())))
+            started = self._clock()
+            ok = False
+            if started < deadline:
+                try:
+                    async with asyncio.timeout(deadline - started):
+                        ok = await self.try_acquire_or_renew()
+                except TimeoutError:
+                    self._failed("deadline")
+            if ok:
+                self._renewed(started)
+            elif self._clock() >= deadline:
                 self.leading = False
-                raise LeaderLost(f"lease {self.namespace}/{self.name} not renewed for {self._deadline:g}s")
+                reason = f"lease {self.lease} not renewed for {self._deadline:g}s"
+                self.fence.close(reason)
+                raise LeaderLost(reason)
 
-    async def release(self) -> None:
-        """Give the lease up (clean shutdown) so a standby need not wait for it to expire."""
+    async def release(self, timeout: float = 3.0) -> None:
+        """Give the lease up (clean shutdown) so a standby need not wait for it to expire. Closes the fence
+        first: nothing may be written once another replica can take over. Bounded by ``timeout``."""
+        self.fence.close("lease released", expected=True)
         if not self.leading:
             return
-        with contextlib.suppress(KubeError):
-            lease = await self._kube.request("GET", self._path)
-            spec = dict(lease.get("spec") or {})
-            if spec.get("holderIdentity") == self.identity:
-                spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time())
-                await self._kube.request("PUT", self._path, body={**lease, "spec": spec}, timeout=5)
-                log.info("leader_released", identity=self.identity, lease=f"{self.namespace}/{self.name}")
         self.leading = False
-
-
-async def run_as_leader(
-    elector: LeaseElector,
-    *,
-    lead: Callable[[], Coroutine[Any, Any, None]],
-    on_leading_changed: Callable[[bool], None] | None = None,
-) -> None:
-    """Wait for the lease, then run ``lead()`` while renewing it; raise :class:`LeaderLost` when it is lost."""
-    lease = f"{elector.namespace}/{elector.name}"
-    log.info("leader_election_waiting", identity=elector.identity, lease=lease)
-    await elector.acquire()
-    log.info("leader_elected", identity=elector.identity, lease=lease)
-    if on_leading_changed:
-        on_leading_changed(True)
-    keeper = asyncio.create_task(elector.keep(), name="lease-renewal")
-    leader = asyncio.create_task(lead(), name="leader-work")
-    try:
-        done, _ = await asyncio.wait({keeper, leader}, return_when=asyncio.FIRST_COMPLETED)
-        if keeper in done:
-            exc = keeper.exception()
-            log.error("leader_lost", identity=elector.identity, lease=lease, reason=str(exc))
-            if on_leading_changed:
-                on_leading_changed(False)
-            raise exc if exc is not None else LeaderLost(lease)
-        leader.result()  # the work ended (shutdown) or failed: propagate
-    finally:
-        for task in (keeper, leader):
-            task.cancel()
-        for task in (keeper, leader):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        try:
+            async with asyncio.timeout(timeout):
+                lease = await self._kube.request("GET", self._path, timeout=timeout)
+                spec = dict(lease.get("spec") or {})
+                if spec.get("holderIdentity") == self.identity:
+                    spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_time())
+                    await self._kube.request("PUT", self._path, body={**lease, "spec": spec}, timeout=timeout)
+                    log.info("leader_released", identity=self.identity, lease=self.lease)
+        except (KubeError, TimeoutError) as exc:
+            log.warning("lease_release_failed", lease=self.lease, identity=self.identity,
+                        error=type(exc).__name__, hint="the lease expires by itself after its duration")

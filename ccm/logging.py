@@ -1,7 +1,7 @@
 """structlog, configured once: JSON in production, console on a TTY, and redaction of secrets everywhere.
 
 The redaction processor runs last-but-one over every string in the event (including rendered exception
-text and URLs): known secret values (client secret, password, every token the chain acquired) are replaced,
+text and URLs): known secret values (client secret, password, the live tokens the chain acquired) are replaced,
 and so is anything shaped like a bearer/basic credential, a JWT, or a ``secret=``/``password=``/``token=`` pair.
 """
 
@@ -11,7 +11,9 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -36,21 +38,74 @@ def _may_hold_secret(text: str) -> bool:
 
 
 class Redactor:
-    """Removes secrets from log events. Thread-safe; secrets can be added at run time (new tokens)."""
+    """Removes secrets from log events. Thread-safe; secrets can be added at run time (new tokens).
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    Two kinds of secret: *configured* ones (client secret, password, static token: ``add(value)``) are kept for
+    the life of the process; *tokens* (``add(value, until=expiry)``) are kept while they can still appear — until
+    they expire or are retired (:meth:`retire`, e.g. after a 401) plus ``grace`` — and at most ``max_tokens`` of
+    them (least recently added first out). So the set stays as small as the set of live credentials however long
+    the process runs, and the per-line cost with it. Adding a secret already held is O(1); only a new one
+    rebuilds the longest-first tuple the hot path reads.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, max_tokens: int = 256, grace: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
-        self._secrets: set[str] = set()
+        self._configured: set[str] = set()
+        self._tokens: OrderedDict[str, float] = OrderedDict()  # token -> forget after (clock time)
+        self._max_tokens = max_tokens
+        self._grace = grace
+        self._clock = clock
         self._longest_first: tuple[str, ...] = ()
         for secret in secrets:
             self.add(secret)
 
-    def add(self, secret: str | None) -> None:
+    def __len__(self) -> int:
+        """How many secrets every log string is checked against."""
+        return len(self._longest_first)
+
+    def add(self, secret: str | None, *, until: float | None = None) -> None:
+        """Redact ``secret`` from now on: for good, or (a token) until ``until`` (clock time) plus the grace."""
         # Very short values would redact ordinary words; they are not credentials worth the noise.
-        if secret and len(secret) >= 6:
+        if not secret or len(secret) < 6:
+            return
+        if secret in self._configured:
+            return
+        if until is None:
             with self._lock:
-                self._secrets.add(secret)
-                self._longest_first = tuple(sorted(self._secrets, key=len, reverse=True))
+                self._configured.add(secret)
+                self._tokens.pop(secret, None)
+                self._rebuild()
+            return
+        forget_at = until + self._grace
+        with self._lock:
+            if secret in self._tokens:  # the same token handed out again: O(1)
+                if forget_at > self._tokens[secret]:
+                    self._tokens[secret] = forget_at
+                self._tokens.move_to_end(secret)
+                return
+            self._tokens[secret] = forget_at
+            self._prune()
+            self._rebuild()
+
+    def retire(self, secret: str | None) -> None:
+        """A token was invalidated: it may still show up in the error of a request in flight, not later."""
+        if not secret:
+            return
+        with self._lock:
+            if secret in self._tokens:
+                self._tokens[secret] = min(self._tokens[secret], self._clock() + self._grace)
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for token, forget_at in list(self._tokens.items()):
+            if forget_at <= now:
+                del self._tokens[token]
+        while len(self._tokens) > self._max_tokens:
+            self._tokens.popitem(last=False)
+
+    def _rebuild(self) -> None:
+        self._longest_first = tuple(sorted((*self._configured, *self._tokens), key=len, reverse=True))
 
     def redact_text(self, text: str) -> str:
         for secret in self._longest_first:  # a tuple swapped whole on add(): safe to read without the lock

@@ -45,6 +45,9 @@ class Metrics:
         self.watch_restarts = Counter("cloudsigma_ccm_watch_restarts_total", "Node watch restarts.", ["reason"],
                                       registry=r)
         self.leader = Gauge("cloudsigma_ccm_leader", "1 while this process holds the lease.", registry=r)
+        self.lease_failures = Counter("cloudsigma_ccm_leader_election_failures_total",
+                                      "Lease calls that failed (get, create, update) or ran out of time "
+                                      "(deadline), by lease.", ["lease", "step"], registry=r)
         self.snapshot_refreshes = Counter("cloudsigma_ccm_server_snapshot_refreshes_total",
                                           "Server snapshot refreshes.", registry=r)
         self.kube_writes = Counter("cloudsigma_ccm_kubernetes_writes_total", "Writes to the tenant API.",

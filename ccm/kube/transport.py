@@ -6,15 +6,20 @@ what the API sends (no lossy round trip through model classes before a merge pat
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.kube.errors import KubeError, KubeUnavailable, error_for
 from ccm.kube.permissions import Permission, check
+
+if TYPE_CHECKING:
+    from ccm.fencing import Fence
+    from ccm.kube.clients import KubeconfigClient
 
 JSON = dict[str, Any]
 
@@ -32,16 +37,20 @@ def _kind(path: str) -> str:
 class KubeTransport:
     """Sends requests through an ApiClient (auth, TLS and server from its own Configuration).
 
-    With ``permissions`` (ccm/kube/permissions.py), a request none of them covers raises
+    ``api_client`` is an ApiClient, or a :class:`~ccm.kube.clients.KubeconfigClient` that rebuilds it when the
+    kubeconfig file is rotated (each request borrows the current one). With a ``fence``, every mutating request
+    is checked against it before it is sent and cancelled if the fence closes while it is in flight. With
+    ``permissions`` (ccm/kube/permissions.py), a request none of them covers raises
     :class:`~ccm.kube.permissions.UndeclaredRequest` instead of being sent.
     """
 
-    def __init__(self, api_client: ApiClient, *, timeout: float = 30.0,
-                 on_write: Callable[[str, str], None] | None = None,
+    def __init__(self, api_client: ApiClient | KubeconfigClient, *, timeout: float = 30.0,
+                 on_write: Callable[[str, str], None] | None = None, fence: Fence | None = None,
                  permissions: Sequence[Permission] | None = None) -> None:
         self.api_client = api_client
         self.timeout = timeout
         self._on_write = on_write
+        self.fence = fence
         self.permissions = permissions
         #: Number of mutating requests sent, by verb: benchmarks and tests read it.
         self.writes: dict[str, int] = {}
@@ -58,16 +67,36 @@ class KubeTransport:
     ) -> JSON:
         if self.permissions is not None:
             check(self.permissions, method, path, query)
+        if method != "GET" and self.fence is not None:
+            async with self.fence.writing(method, path):
+                return await self._request(method, path, query=query, body=body, content_type=content_type,
+                                           timeout=timeout)
+        return await self._request(method, path, query=query, body=body, content_type=content_type,
+                                   timeout=timeout)
+
+    def _borrow(self) -> contextlib.AbstractAsyncContextManager[ApiClient]:
+        if isinstance(self.api_client, ApiClient):
+            return contextlib.nullcontext(self.api_client)
+        return self.api_client.borrow()
+
+    async def _request(self, method: str, path: str, *, query: Mapping[str, Any] | None, body: Any,
+                       content_type: str, timeout: float | None) -> JSON:
         if method != "GET":
             key = f"{method} {_kind(path)}"
             self.writes[key] = self.writes.get(key, 0) + 1
             if self._on_write is not None:
                 self._on_write(method, _kind(path))
+        async with self._borrow() as api_client:
+            return await self._send(api_client, method, path, query=query, body=body, content_type=content_type,
+                                    timeout=timeout)
+
+    async def _send(self, api_client: ApiClient, method: str, path: str, *, query: Mapping[str, Any] | None,
+                    body: Any, content_type: str, timeout: float | None) -> JSON:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
         try:
-            resp = await self.api_client.call_api(
+            resp = await api_client.call_api(
                 path, method, query_params=list((query or {}).items()), header_params=headers,
                 body=body,
                 auth_settings=["BearerToken"], _preload_content=False,
@@ -95,8 +124,15 @@ class KubeTransport:
         """A watch: yields each event object until the server closes the stream."""
         if self.permissions is not None:
             check(self.permissions, "GET", path, query)
+        async with self._borrow() as api_client:
+            async for event in self._stream(api_client, path, query=query, timeout=timeout):
+                yield event
+
+    async def _stream(
+        self, api_client: ApiClient, path: str, *, query: Mapping[str, Any], timeout: float
+    ) -> AsyncIterator[JSON]:
         try:
-            resp = await self.api_client.call_api(
+            resp = await api_client.call_api(
                 path, "GET", query_params=list(query.items()), header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout,
             )

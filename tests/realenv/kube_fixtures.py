@@ -6,6 +6,7 @@
 - ``kube_api`` (function): a ``kubernetes_asyncio`` ``ApiClient`` for the admin of ``kube_apiserver``,
   built without touching the library's global default configuration; closed after the test.
 - ``clean_nodes`` (function): deletes every Node of ``kube_apiserver`` before the test.
+- ``audited_apiserver`` (session): an API server with an audit log of every write (who, what, when).
 
 The API servers start lazily: only tests that use these fixtures pay for them (and for the build of
 the binary on a cold cache; see scripts/build-kube-apiserver.sh).
@@ -23,8 +24,8 @@ from kubernetes_asyncio.config import new_client_from_config
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import delete_all_nodes
 
-__all__ = ["api_client_for", "clean_nodes", "expiring_apiserver", "kube_api", "kube_apiserver",
-           "kube_apiserver_factory"]
+__all__ = ["api_client_for", "audited_apiserver", "clean_nodes", "expiring_apiserver", "kube_api",
+           "kube_apiserver", "kube_apiserver_factory"]
 
 
 async def api_client_for(kubeconfig: Path) -> ApiClient:
@@ -66,6 +67,18 @@ def expiring_apiserver() -> Iterator[KubeAPIServer]:
     """An API server that compacts etcd every second and serves watches from etcd, so old resourceVersions
     expire: a watch resumed from one gets a real 410 Gone. (With the watch cache on, it never does.)"""
     server = KubeAPIServer("expiring", extra_args=["--etcd-compaction-interval=1s", "--watch-cache=false"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def audited_apiserver() -> Iterator[KubeAPIServer]:
+    """An API server that writes an audit log of every mutating request (who wrote what, when, to the
+    microsecond): tests that must prove *which process* wrote *when* read :meth:`KubeAPIServer.audit_events`."""
+    server = KubeAPIServer("audited", audit=True)
     server.start()
     try:
         yield server

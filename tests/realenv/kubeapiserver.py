@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -167,9 +168,10 @@ class _ClientCA:
         )
 
     def issue_client_cert(
-        self, user: str, groups: Sequence[str]
+        self, user: str, groups: Sequence[str], *, valid_for: datetime.timedelta | None = None
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        """A client certificate for ``user`` (CN) in ``groups`` (one O each), as Kubernetes reads them."""
+        """A client certificate for ``user`` (CN) in ``groups`` (one O each), as Kubernetes reads them;
+        valid for a week, or ``valid_for`` from now."""
         key = ec.generate_private_key(ec.SECP256R1())
         attrs = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
         attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
@@ -181,7 +183,7 @@ class _ClientCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=7))
+            .not_valid_after(now + (valid_for if valid_for is not None else datetime.timedelta(days=7)))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -236,6 +238,7 @@ class KubeAPIServer:
         stop_timeout: float = 30.0,
         base_dir: Path | str | None = None,
         service_account_issuer: str = SERVICE_ACCOUNT_ISSUER,
+        audit: bool = False,
     ) -> None:
         """``service_account_issuer``: the ``iss`` of service-account tokens; ``{url}`` stands for this server's
         own ``https://127.0.0.1:<port>`` (so its OIDC discovery and JWKS are served where the issuer points)."""
@@ -249,6 +252,8 @@ class KubeAPIServer:
         self.stop_timeout = stop_timeout
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self._service_account_issuer = service_account_issuer
+        self.audit = audit
+        """Write an audit log of every mutating request (:meth:`audit_events`): who wrote what, and when."""
 
         self._lock = threading.RLock()  # lifecycle (start/stop/restart)
         self._kc_lock = threading.Lock()  # kubeconfig minting; not blocked by a restart in progress
@@ -322,6 +327,25 @@ class KubeAPIServer:
         if self._admin_kubeconfig is None:
             self._admin_kubeconfig = self.kubeconfig("admin", ["system:masters"])
         return self._admin_kubeconfig
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.work_dir / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit events so far (``audit=True``): one per completed mutating request, with ``verb``,
+        ``user.username``, ``objectRef``, ``responseStatus.code`` and ``requestReceivedTimestamp``."""
+        if not self.audit:
+            raise KubeAPIServerError(f"{self.name}: started without audit=True")
+        try:
+            text = self.audit_log_path.read_text()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return events
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -436,41 +460,55 @@ class KubeAPIServer:
             existing = self._kubeconfigs.get(key_)
             if existing is not None and existing.exists():
                 return existing
-            cert, key = self._client_ca.issue_client_cert(user, groups)
             digest = hashlib.sha256(repr(key_).encode()).hexdigest()[:8]
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", user)[:40]
             path = self.work_dir / "kubeconfigs" / f"{safe}-{digest}.yaml"
             path.parent.mkdir(exist_ok=True)
-            cluster = f"{self.name}"
-            context = f"{user}@{self.name}"
-            config: dict[str, Any] = {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": cluster,
-                        "cluster": {
-                            "server": self.url,
-                            "certificate-authority-data": _b64(self.serving_ca_pem),
-                        },
-                    }
-                ],
-                "users": [
-                    {
-                        "name": user,
-                        "user": {
-                            "client-certificate-data": _b64(_pem_cert(cert)),
-                            "client-key-data": _b64(_pem_key(key)),
-                        },
-                    }
-                ],
-                "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
-                "current-context": context,
-            }
-            data = yaml.safe_dump(config, sort_keys=False).encode()
-            _write_private(path, data)
+            _write_private(path, self._kubeconfig_text(user, groups).encode())
             self._kubeconfigs[key_] = path
             return path
+
+    def fresh_kubeconfig_text(self, user: str, groups: Sequence[str] = (), *,
+                              valid_for: datetime.timedelta | None = None, server: str | None = None) -> str:
+        """A kubeconfig (YAML text) with a *new* client certificate for CN=user, O=groups, nothing cached:
+        for rotating credentials. ``valid_for`` shortens the certificate's life (the API server refuses it
+        afterwards); ``server`` replaces the URL (e.g. a proxy in front of this server)."""
+        with self._kc_lock:
+            if self._client_ca is None or self._serving_ca_pem is None:
+                raise KubeAPIServerError(f"{self.name}: not started")
+            return self._kubeconfig_text(user, groups, valid_for=valid_for, server=server)
+
+    def _kubeconfig_text(self, user: str, groups: Sequence[str], *, valid_for: datetime.timedelta | None = None,
+                         server: str | None = None) -> str:
+        assert self._client_ca is not None and self._serving_ca_pem is not None
+        cert, key = self._client_ca.issue_client_cert(user, groups, valid_for=valid_for)
+        cluster = f"{self.name}"
+        context = f"{user}@{self.name}"
+        config: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": cluster,
+                    "cluster": {
+                        "server": server or self.url,
+                        "certificate-authority-data": _b64(self._serving_ca_pem),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate-data": _b64(_pem_cert(cert)),
+                        "client-key-data": _b64(_pem_key(key)),
+                    },
+                }
+            ],
+            "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
+            "current-context": context,
+        }
+        return yaml.safe_dump(config, sort_keys=False)
 
     # ------------------------------------------------------------------ internals
 
@@ -493,6 +531,8 @@ class KubeAPIServer:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
+        if self.audit:
+            (self._work_dir / "audit-policy.yaml").write_text(_AUDIT_POLICY)
         self._pick_ports()
 
     def _pick_ports(self) -> None:
@@ -526,7 +566,17 @@ class KubeAPIServer:
             "--shutdown-send-retry-after=true",
             "--profiling=false",
             f"--v={self.verbosity}",
+            *(self._audit_args() if self.audit else []),
             *self.extra_args,
+        ]
+
+    def _audit_args(self) -> list[str]:
+        return [
+            f"--audit-policy-file={self.work_dir / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log_path}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",  # written before the response is sent: nothing lost at a stop
+            "--audit-log-maxsize=0",
         ]
 
     def _spawn_and_wait(self, binary: Path) -> None:
@@ -613,6 +663,18 @@ class KubeAPIServer:
         self._admin_kubeconfig = None
         self._kubeconfigs.clear()
         self._port = self._etcd_client_port = self._etcd_peer_port = None
+
+
+_AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+# One event per request, when its response is complete (it carries requestReceivedTimestamp too).
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+"""
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -4,14 +4,17 @@
   a client presented (bearer tokens, basic-auth values and the passwords inside them) to the secrets check.
 * ``world``: the emulator's users alice and bob and the OAuth client of the harness.
 
-The plugin records each test's outcome; at the end of a session that ran the whole suite (every
-``tests/reliability/test_*.py`` and ``tests/unit/test_properties.py``, nothing deselected) it writes the report.
+The plugin records each test's outcome. The report is written only on request (``make reliability-doc``, which sets
+``CCM_WRITE_RELIABILITY_DOC=1``) at the end of a session that ran the whole suite (every
+``tests/reliability/test_*.py`` and ``tests/unit/test_properties.py``, nothing deselected); in every other run
+``tests/unit/test_reliability_page.py`` (moved to the end) checks that the committed page is still current.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,13 +47,6 @@ class ReliabilityReport:
     def _ours(path: Path) -> bool:
         return path == PROPERTIES or (path.parent == HERE and path.name.startswith("test_"))
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        for item in items:
-            if self._ours(item.path):
-                self.items.append(item.nodeid)
-                self.files.add(item.path)
-
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += sum(1 for item in items if self._ours(item.path))
 
@@ -63,17 +59,32 @@ class ReliabilityReport:
         ran = set(registry.STORE.outcomes)
         return self.files == wanted and not self.deselected and all(i in ran for i in self.items)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            if self._ours(item.path):
+                self.items.append(item.nodeid)
+                self.files.add(item.path)
+        # The check of the committed page reads what every case recorded: it runs after all of them.
+        checks = [item for item in items if item.nodeid.endswith(registry.PAGE_CHECK)]
+        for item in checks:
+            items.remove(item)
+            items.append(item)
+
+    def render(self) -> str:
+        return registry.render_markdown(self.items, total_seconds=time.monotonic() - self.started,
+                                        command=registry.REGENERATE)
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.items:
+        # Running the tests never writes a tracked file: the page is rewritten only on request
+        # (`make reliability-doc`); otherwise tests/unit/test_reliability_page.py checks it is current.
+        if not self.items or not os.environ.get(registry.WRITE_ENV):
             return
         if not self.complete():
             sys.stderr.write(f"\nreliability: partial run, {registry.DOC} not written\n")
             return
-        command = ".venv/bin/pytest tests/reliability tests/unit/test_properties.py -q"
-        text = registry.render_markdown(self.items, total_seconds=time.monotonic() - self.started,
-                                        command=command)
         registry.DOC.parent.mkdir(parents=True, exist_ok=True)
-        registry.DOC.write_text(text + "\n")
+        registry.DOC.write_text(self.render() + "\n")
         sys.stderr.write(f"\nreliability: wrote {registry.DOC} ({len(self.items)} tests)\n")
 
 

@@ -1,8 +1,9 @@
 """The reliability suite's record: every case with what was injected and what was verified.
 
 Tests call :func:`record` (any number of times; the current test is found from ``PYTEST_CURRENT_TEST``); the
-plugin in ``tests/reliability/conftest.py`` adds each test's outcome and duration and, when the whole suite ran,
-writes ``docs/reliability.md`` with :func:`render_markdown`. The content is deterministic except for timings.
+plugin in ``tests/reliability/conftest.py`` adds each test's outcome and duration. ``make reliability-doc`` writes
+``docs/reliability.md`` with :func:`render_markdown` after a run of the whole suite; any other run that ran the whole
+suite checks that the committed page is current (:func:`comparable`: all but timings and outcomes).
 
 Everything the CCM printed, served on ``/metrics`` or wrote as an Event is also collected here
 (:func:`add_text`), with every secret the suite configured or saw issued (:func:`add_secret`), so the last
@@ -19,6 +20,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "reliability.md"
+#: Set (to 1) by ``make reliability-doc``: only then does a complete run rewrite :data:`DOC`.
+WRITE_ENV = "CCM_WRITE_RELIABILITY_DOC"
+REGENERATE = "make reliability-doc"
+#: The test that compares the committed page with this run (the plugin runs it last).
+PAGE_CHECK = "test_reliability_page.py::test_reliability_page_is_current"
 
 CATEGORIES = {
     "fault/cloudsigma": "Faults: CloudSigma API",
@@ -38,6 +44,8 @@ MODULE_CATEGORY = {
     "test_idp_faults.py": "fault/idp",
     "test_kube_faults.py": "fault/kubernetes",
     "test_process.py": "fault/process",
+    "test_leadership.py": "fault/process",
+    "test_kubeconfig_rotation.py": "secrets",
     "test_bad_config.py": "input/config",
     "test_bad_cloud_data.py": "input/cloud",
     "test_properties.py": "input/properties",
@@ -170,6 +178,19 @@ def _final_cases(expected: Iterable[str]) -> list[Case]:
     return cases
 
 
+def comparable(markdown: str) -> list[str]:
+    """The lines of a page that must not change between two runs of the same suite: everything but the times,
+    the outcomes (a failing case fails the run anyway) and the run time."""
+    out = []
+    for line in markdown.splitlines():
+        if line.startswith(("| Run time |", "| Cases |", "Regenerate with", "- `")) or line == "## Not passed":
+            continue
+        if line.startswith("| ") and line.endswith(" s |"):
+            line = line.rsplit("|", 3)[0] + "|"  # drop the Outcome and Time cells of a case row
+        out.append(line)
+    return [line for line in out if line.strip()]
+
+
 def render_markdown(expected: Iterable[str], *, total_seconds: float, command: str) -> str:
     cases = _final_cases(expected)
     order = list(CATEGORIES)
@@ -192,7 +213,8 @@ def render_markdown(expected: Iterable[str], *, total_seconds: float, command: s
         "etcd), a real Keycloak for the identity-provider cases, the CloudSigma emulator with fault injection, and",
         "the installed `cloudsigma-ccm` console script for the process and configuration cases.",
         "",
-        f"Regenerate with `{command}` (the file is written when the whole suite ran).",
+        f"Regenerate with `{command}` (it runs the whole suite and writes this file; a normal test run only "
+        "checks that it is current).",
         "",
         "## Summary",
         "",

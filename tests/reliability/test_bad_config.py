@@ -32,6 +32,28 @@ class Bad:
     args: tuple[str, ...] = ()
     setting: str = ""  # the env var the line must name
     fix: tuple[str, ...] = ()  # words of the line that say what to do
+    files: dict[str, str] = field(default_factory=dict)  # env var -> content of a file it is set to
+    hidden: tuple[str, ...] = ()  # values the line must not repeat (besides the configured secrets)
+
+
+KUBECONFIG_TOKEN = "kubeconfig-bearer-token-8f3a9c2e71"
+EXEC_KUBECONFIG = """apiVersion: v1
+kind: Config
+current-context: tenant
+clusters: [{name: tenant, cluster: {server: "https://127.0.0.1:9"}}]
+contexts: [{name: tenant, context: {cluster: tenant, user: ccm}}]
+users:
+- name: ccm
+  user:
+    exec: {apiVersion: client.authentication.k8s.io/v1, command: aws, args: [eks, get-token]}
+"""
+BROKEN_KUBECONFIG = f"""apiVersion: v1
+kind: Config
+users:
+- name: ccm
+  user:
+    token: {KUBECONFIG_TOKEN}: {KUBECONFIG_TOKEN}
+"""
 
 
 CASES = [
@@ -76,10 +98,10 @@ CASES = [
         setting="CLOUDSIGMA_WATCH_TIMEOUT", fix=("30s", "5m")),
     Bad("unknown-provider-comma", "unknown credential provider (comma-separated, as documented)",
         {"CLOUDSIGMA_CREDENTIAL_CHAIN": "password,vault"}, setting="CLOUDSIGMA_CREDENTIAL_CHAIN",
-        fix=("vault", "known providers")),
+        fix=("item 2", "known providers"), hidden=("vault",)),
     Bad("unknown-provider-json", "unknown credential provider (JSON list)",
         {"CLOUDSIGMA_CREDENTIAL_CHAIN": '["password", "vault"]'}, setting="CLOUDSIGMA_CREDENTIAL_CHAIN",
-        fix=("vault", "known providers")),
+        fix=("item 2", "known providers"), hidden=("vault",)),
     Bad("provider-listed-twice", "credential provider listed twice",
         {"CLOUDSIGMA_CREDENTIAL_CHAIN": '["password", "password"]'}, setting="CLOUDSIGMA_CREDENTIAL_CHAIN",
         fix=("twice",)),
@@ -105,6 +127,36 @@ CASES = [
     Bad("renew-deadline-too-long", "leader-election renew deadline not shorter than the lease",
         {"CLOUDSIGMA_LEADER_ELECT": "true", "CLOUDSIGMA_LEADER_ELECT_RENEW_DEADLINE": "20s"},
         setting="CLOUDSIGMA_LEADER_ELECT_RENEW_DEADLINE", fix=("shorter than",)),
+    Bad("nan-duration", "duration `nan` (busy-looped the lifecycle)", {"CLOUDSIGMA_NODE_MONITOR_PERIOD": "nan"},
+        setting="CLOUDSIGMA_NODE_MONITOR_PERIOD", fix=("not a finite duration",)),
+    Bad("inf-duration", "duration `inf` (crashed with a traceback)", {"CLOUDSIGMA_NODE_STATUS_UPDATE_FREQUENCY": "inf"},
+        setting="CLOUDSIGMA_NODE_STATUS_UPDATE_FREQUENCY", fix=("not a finite duration",)),
+    Bad("overflowing-duration", "duration that overflows to infinity", {"CLOUDSIGMA_WATCH_TIMEOUT": "1e400"},
+        setting="CLOUDSIGMA_WATCH_TIMEOUT", fix=("not a finite duration",)),
+    Bad("negative-nan-flag", "duration `-nan` as a flag", args=("--http-timeout=-nan",),
+        setting="CLOUDSIGMA_HTTP_TIMEOUT", fix=("not a finite duration",)),
+    Bad("password-as-username", "the password put in CLOUDSIGMA_USERNAME", {"CLOUDSIGMA_USERNAME": PASSWORD},
+        setting="CLOUDSIGMA_USERNAME", fix=("not an email address",)),
+    Bad("secret-in-url", "a URL with credentials that is no http(s) URL",
+        {"CLOUDSIGMA_API_URL": f"ftp://user:{PASSWORD}@zrh.cloudsigma.com/"}, setting="CLOUDSIGMA_API_URL",
+        fix=("http(s) URL",)),
+    Bad("shutdown-longer-than-grace", "shutdown timeout that does not fit the grace period",
+        {"CLOUDSIGMA_SHUTDOWN_TIMEOUT": "28s"}, setting="CLOUDSIGMA_SHUTDOWN_TIMEOUT",
+        fix=("grace period", "CLOUDSIGMA_TERMINATION_GRACE_PERIOD")),
+    Bad("kubeconfig-not-yaml", "kubeconfig that is not YAML (a token on the broken line)",
+        files={"CLOUDSIGMA_KUBECONFIG": BROKEN_KUBECONFIG}, setting="CLOUDSIGMA_KUBECONFIG",
+        fix=("not valid YAML", "line 6"), hidden=(KUBECONFIG_TOKEN,)),
+    Bad("kubeconfig-no-context", "kubeconfig without a current context",
+        files={"CLOUDSIGMA_KUBECONFIG": "apiVersion: v1\nkind: Config\n"}, setting="CLOUDSIGMA_KUBECONFIG",
+        fix=("current-context",)),
+    Bad("kubeconfig-exec", "kubeconfig whose user authenticates with an exec plugin",
+        files={"CLOUDSIGMA_KUBECONFIG": EXEC_KUBECONFIG}, setting="CLOUDSIGMA_KUBECONFIG",
+        fix=("exec plugin", "not supported", "client certificate")),
+    Bad("kubeconfig-binary", "kubeconfig that is not text", files={"CLOUDSIGMA_KUBECONFIG": "\udcff\udcfe"},
+        setting="CLOUDSIGMA_KUBECONFIG", fix=("not text",)),
+    Bad("management-kubeconfig-not-yaml", "management kubeconfig that is not YAML",
+        {"CLOUDSIGMA_LEADER_ELECT": "true"}, files={"CLOUDSIGMA_LEADER_ELECT_KUBECONFIG": BROKEN_KUBECONFIG},
+        setting="CLOUDSIGMA_LEADER_ELECT_KUBECONFIG", fix=("not valid YAML",), hidden=(KUBECONFIG_TOKEN,)),
 ]
 
 
@@ -129,6 +181,10 @@ async def run_case(case: Bad, kubeconfig: Path, limit: asyncio.Semaphore) -> Res
             env.pop(key, None)
         else:
             env[key] = value
+    for key, content in case.files.items():
+        path = kubeconfig.parent / f"{case.id}-{key.lower()}"
+        path.write_bytes(content.encode(errors="surrogateescape"))
+        env[key] = str(path)
     async with limit:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -146,9 +202,14 @@ async def run_case(case: Bad, kubeconfig: Path, limit: asyncio.Semaphore) -> Res
 @pytest.fixture(scope="module")
 async def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     kubeconfig = tmp_path_factory.mktemp("config") / "tenant.kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    # Usable (nothing listens on port 9): the cases that fail after the settings get as far as opening it.
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+                          "clusters: [{name: t, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+                          "contexts: [{name: t, context: {cluster: t, user: u}}]\n"
+                          "users: [{name: u, user: {token: base-kubeconfig-token}}]\n")
     for secret, kind in ((PASSWORD, "configured password (config cases)"),
-                         (CLIENT_SECRET, "configured client secret (config cases)")):
+                         (CLIENT_SECRET, "configured client secret (config cases)"),
+                         (KUBECONFIG_TOKEN, "token in a malformed kubeconfig (config cases)")):
         registry.add_secret(secret, kind)
     limit = asyncio.Semaphore(4)
     done = await asyncio.gather(*(run_case(c, kubeconfig, limit) for c in CASES))
@@ -182,3 +243,5 @@ def test_invalid_configuration_is_refused_in_one_line(case: Bad, results: dict[s
     for word in case.fix:
         assert word in line, f"the line does not say {word!r}: {line}"
     assert PASSWORD not in line and CLIENT_SECRET not in line
+    for value in case.hidden:
+        assert value not in line, f"the line repeats a value it rejected: {line}"

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from ccm.config import ConfigError, Settings, env_name, load_settings
+from ccm.config import ConfigError, Settings, env_name, load_settings, parse_duration
 from ccm.kube.permissions import EVENTS_NAMESPACE, TENANT, Permission, leader_election
+from ccm.shutdown import ShutdownBudget
 from credentials.clientauth import client_authentication_from
 from tests.realenv.kustomize import find_object, render
 
@@ -33,13 +34,18 @@ TENANT_USER = "cloudsigma-ccm"
 KUBECONFIG_DIR = "/etc/cloudsigma-ccm/tenant"
 EXTRA_ENV = {"POD_NAMESPACE"}  # read by the daemon directly (Lease namespace), not a setting
 
-# Seed 000: the impersonation Secret and its keys; the legacy credentials Secret is optional.
+# Seed 000: the impersonation Secret and its keys; the legacy credentials Secret is optional. What is not secret
+# comes as env vars from the Secrets; the secrets themselves come as files (re-read when the Secret is rotated).
 SECRET_ENV = {
     "CLOUDSIGMA_OAUTH_URL": ("cloudsigma-impersonation", "oauth-url", False),
     "CLOUDSIGMA_CLIENT_ID": ("cloudsigma-impersonation", "client-id", False),
-    "CLOUDSIGMA_CLIENT_SECRET": ("cloudsigma-impersonation", "client-secret", False),
     "CLOUDSIGMA_USERNAME": ("cloudsigma-credentials", "username", True),
-    "CLOUDSIGMA_PASSWORD": ("cloudsigma-credentials", "password", True),
+}
+SECRET_FILES = {  # env var -> (path, Secret, key, optional)
+    "CLOUDSIGMA_CLIENT_SECRET_FILE": ("/etc/cloudsigma-ccm/impersonation/client-secret", "cloudsigma-impersonation",
+                                      "client-secret", False),
+    "CLOUDSIGMA_PASSWORD_FILE": ("/etc/cloudsigma-ccm/credentials/password", "cloudsigma-credentials", "password",
+                                 True),
 }
 
 Obj = dict[str, Any]
@@ -183,6 +189,11 @@ def test_availability(rendered: dict[str, list[Obj]]) -> None:
     assert isinstance(shutdown, float)
     assert pod["terminationGracePeriodSeconds"] == 30
     assert pod["terminationGracePeriodSeconds"] > shutdown
+    # The daemon checks its shutdown budget against the grace period it is told: it must be the pod's.
+    env = plain_env(rendered["overlay"])
+    assert parse_duration(env["CLOUDSIGMA_TERMINATION_GRACE_PERIOD"]) == pod["terminationGracePeriodSeconds"]
+    drain = parse_duration(env.get("CLOUDSIGMA_SHUTDOWN_TIMEOUT", shutdown))
+    assert ShutdownBudget(drain=drain).fits(pod["terminationGracePeriodSeconds"])
     assert {(t["key"], t["operator"], t["effect"]) for t in pod["tolerations"]} == {
         ("node.cloudprovider.kubernetes.io/uninitialized", "Exists", "NoSchedule"),
         ("node.kubernetes.io/not-ready", "Exists", "NoSchedule"),
@@ -220,9 +231,25 @@ def test_secret_references(rendered: dict[str, list[Obj]], variant: str) -> None
             refs[name] = (ref["name"], ref["key"], bool(ref.get("optional", False)))
     assert refs == SECRET_ENV
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    # No secret lands in a plain value.
-    assert not {"CLOUDSIGMA_CLIENT_SECRET", "CLOUDSIGMA_PASSWORD", "CLOUDSIGMA_STATIC_TOKEN"} & set(
-        plain_env(rendered[variant]))
+    # No secret in the environment (frozen until a restart, and visible in the pod spec's consumers): files only.
+    assert not {"CLOUDSIGMA_CLIENT_SECRET", "CLOUDSIGMA_PASSWORD", "CLOUDSIGMA_STATIC_TOKEN"} & set(env)
+
+
+@pytest.mark.parametrize("variant", ["base", "overlay"])
+def test_secrets_are_mounted_files_that_can_rotate(rendered: dict[str, list[Obj]], variant: str) -> None:
+    plain = plain_env(rendered[variant])
+    volumes = {v["name"]: v for v in pod_spec(rendered[variant])["volumes"]}
+    mounts = {m["mountPath"]: m for m in container(rendered[variant])["volumeMounts"]}
+    for name, (path, secret_name, key, optional) in SECRET_FILES.items():
+        assert plain[name] == path
+        directory, _, file_name = path.rpartition("/")
+        mount = mounts[directory]
+        assert mount.get("readOnly") is True and "subPath" not in mount  # a subPath mount never sees a rotation
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == secret_name
+        assert secret["items"] == [{"key": key, "path": file_name}]  # only the key the CCM reads
+        assert bool(secret.get("optional", False)) is optional
+        assert secret["defaultMode"] == 0o440
 
 
 def test_plain_env(rendered: dict[str, list[Obj]]) -> None:
@@ -258,8 +285,16 @@ def _pod_environment(objects: list[Obj], kubeconfig: Path, *, with_credentials: 
         ("cloudsigma-credentials", "password"): "pw",
     }
     out: dict[str, str] = {}
+    files = kubeconfig.parent / "secret-volumes"
     for name, entry in env_of(objects).items():
-        if "value" in entry:
+        if name in SECRET_FILES:
+            _, secret_name, key, _ = SECRET_FILES[name]
+            path = files / secret_name / key
+            if secret_name != "cloudsigma-credentials" or with_credentials:  # an absent optional Secret: no file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(fake[(secret_name, key)] + "\n")
+            out[name] = str(path)
+        elif "value" in entry:
             out[name] = entry["value"]
         elif "secretKeyRef" in entry.get("valueFrom", {}):
             ref = entry["valueFrom"]["secretKeyRef"]
@@ -309,7 +344,10 @@ def test_secretless_overlay_mounts_a_projected_token_and_no_client_secret(
     assert ("cloudsigma-impersonation", "client-secret") not in referenced
     assert not [n for n in env if "SECRET" in n]
     assert set(env) - {"CLOUDSIGMA_CLIENT_ASSERTION_FILE"} == set(env_of(rendered["overlay"])) - {
-        "CLOUDSIGMA_CLIENT_SECRET"}
+        "CLOUDSIGMA_CLIENT_SECRET_FILE"}
+    # Nor is the client secret's Secret mounted at all.
+    secrets = {v["secret"]["secretName"] for v in pod_spec(objects)["volumes"] if "secret" in v}
+    assert "cloudsigma-impersonation" not in secrets
     token_path = Path(env["CLOUDSIGMA_CLIENT_ASSERTION_FILE"]["value"])
     mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
     assert mounts["keycloak-token"]["readOnly"] is True

@@ -9,6 +9,7 @@ code does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -63,6 +64,10 @@ class RecordingApiClient:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.lease: dict[str, Any] | None = None
+
+    def borrow(self) -> contextlib.AbstractAsyncContextManager[RecordingApiClient]:
+        """As a KubeconfigClient lends its current ApiClient to one request."""
+        return contextlib.nullcontext(self)
 
     async def call_api(self, path: str, method: str, *, query_params: list[tuple[str, Any]], **_: Any) -> FakeResponse:
         self.calls.append((method, path, dict(query_params)))

@@ -1,0 +1,47 @@
+"""``python -m tests.reliability.faulty FAULT [cloudsigma-ccm arguments]``: the real daemon with one fault injected.
+
+Faults:
+- ``watcher-dies``: the node watcher lists the nodes, watches for 2 s, then raises an exception its own retry loop
+  does not catch (a bug, not an API error) — the case the supervisor exists for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import structlog
+
+from ccm import cli
+from ccm.kube import watching
+
+FAULTS = ("watcher-dies",)
+
+
+def _watcher_dies() -> None:
+    original = watching.NodeWatcher.run
+
+    async def run(self: watching.NodeWatcher) -> None:
+        task = asyncio.ensure_future(original(self))
+        try:
+            await self.synced.wait()
+            await asyncio.sleep(2.0)
+        finally:
+            task.cancel()
+        structlog.get_logger("tests.faulty").warning("injected_fault", fault="watcher-dies")
+        raise RuntimeError("injected fault: the node watcher crashed")
+
+    watching.NodeWatcher.run = run  # type: ignore[method-assign]
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in FAULTS:
+        print(f"usage: python -m tests.reliability.faulty {{{','.join(FAULTS)}}} [args]", file=sys.stderr)
+        return 2
+    if argv[0] == "watcher-dies":
+        _watcher_dies()
+    return cli.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
