@@ -16,9 +16,11 @@ import math
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import structlog
 from kubernetes_asyncio.client import ApiClient
 
@@ -47,7 +49,8 @@ from credentials.base import Credential
 from credentials.chain import CredentialChain
 from credentials.factory import build_chain
 
-__all__ = ["Components", "RedactingSource", "build", "run", "run_controllers", "secrets_of"]
+__all__ = ["Components", "RedactingSource", "Services", "TenantIdentity", "build", "build_services", "build_tenant",
+           "run", "run_controllers", "secrets_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +84,42 @@ class RedactingSource:
 
 
 @dataclass
+class Services:
+    """What one process shares between the tenant clusters it serves: the metrics registry, the credential chain
+    (one identity-provider client, one token cache keyed by user and region) and, in fleet mode, one CloudSigma
+    HTTP session (one connection pool per endpoint) and one request budget per region. Built by
+    :func:`build_services`; the single-tenant mode has one tenant on them."""
+
+    settings: Settings
+    metrics: Metrics
+    chain: CredentialChain
+    source: RedactingSource
+    redactor: Redactor
+    #: Shared by every tenant's CloudSigma client (None: each client opens its own, as in single-tenant mode).
+    session: aiohttp.ClientSession | None = None
+    #: ``throttle(region, cluster)`` → the client's per-request hook (the fleet's request budget), or None.
+    throttle: Callable[[str, str], Callable[[str], Awaitable[None]]] | None = None
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.chain.aclose()
+        if self.session is not None:
+            await self.session.close()
+
+
+@dataclass
+class TenantIdentity:
+    """Who a tenant's CloudSigma servers belong to and how it is named: what differs between tenants."""
+
+    cluster: str
+    """The ``cluster`` label of its metrics and log lines (``--cluster-name``; in fleet mode the tenant key)."""
+    user_email: str
+    region: str
+    zone: str
+    workers: int
+
+
+@dataclass
 class Components:
     """Everything one CCM process runs; built by :func:`build`, also used by ``doctor``."""
 
@@ -97,13 +136,15 @@ class Components:
     lifecycle: LifecycleController
     account: AccountMonitor | None = None
     csr: CSRController | None = None
+    #: The shared services, when these components own them (single-tenant mode): closed with them.
+    services: Services | None = None
 
     async def close(self) -> None:
         await self.cache.close()
         await self.client.close()
-        with contextlib.suppress(Exception):
-            await self.chain.aclose()
         await self.tenant.close()
+        if self.services is not None:
+            await self.services.close()
 
 
 async def kube_client(path: Path | None, *, setting: str, what: str) -> ApiClient | KubeconfigClient:
@@ -117,40 +158,57 @@ async def kube_client(path: Path | None, *, setting: str, what: str) -> ApiClien
         raise ConfigError(f"configuration error: {env_name(setting)} / {flag_name(setting)} {exc}") from None
 
 
-async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None = None) -> Components:
-    """Wire the parts. With a ``fence``, every write to the tenant API is fenced by it (leader election)."""
-    metrics = Metrics()
+def build_services(settings: Settings, redactor: Redactor, *, metrics: Metrics | None = None,
+                   session: aiohttp.ClientSession | None = None,
+                   throttle: Callable[[str, str], Callable[[str], Awaitable[None]]] | None = None) -> Services:
+    """The shared services: metrics (``cluster`` = ``--cluster-name`` unless given), the credential chain."""
+    metrics = metrics if metrics is not None else Metrics(settings.cluster_name)
     for secret in secrets_of(settings):
         redactor.add(secret)
-    tenant = await kube_client(settings.kubeconfig, setting="kubeconfig", what="tenant kubeconfig")
     chain = build_chain(settings, on_event=metrics.credential_event, on_secret=redactor.add)
-    source = RedactingSource(chain, redactor)
-    user = settings.user_email or ""
+    return Services(settings, metrics, chain, RedactingSource(chain, redactor), redactor, session=session,
+                    throttle=throttle)
+
+
+def make_node_watcher(kube: KubeTransport, settings: Settings, metrics: Metrics) -> NodeWatcher:
+    """The tenant's node store (list+watch of Nodes): the one place it is made, so it can be swapped."""
+    return NodeWatcher(kube, watch_timeout=settings.watch_timeout,
+                       on_restart=lambda reason: metrics.watch_restarts.labels(reason).inc())
+
+
+def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, identity: TenantIdentity, *,
+                 metrics: Metrics, fence: Fence | None = None,
+                 kube_factory: Callable[..., KubeTransport] = KubeTransport) -> Components:
+    """One tenant cluster's controllers on the shared ``services``: its CloudSigma client (acting as the tenant's
+    owner in its region), server snapshot, node watcher, node and lifecycle controllers, account monitor and the
+    optional CSR approver. With a ``fence``, every write to the tenant API is fenced by it (its Lease)."""
+    settings = services.settings
+    user = identity.user_email
     client = CloudSigmaClient(
-        source, user_email=user, region=settings.region, timeout=settings.http_timeout,
+        services.source, user_email=user, region=identity.region, timeout=settings.http_timeout,
         retry=RetryPolicy(attempts=settings.api_retry_attempts), page_size=settings.api_page_size,
-        on_request=metrics.observe_request,
+        on_request=metrics.observe_request, session=services.session,
+        throttle=services.throttle(identity.region, identity.cluster) if services.throttle is not None else None,
     )
     cache = ServerCache(client, max_age=settings.server_cache_max_age,
                         on_refresh=lambda _: metrics.snapshot_refreshes.inc())
-    kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(), fence=fence,
-                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
-                                            csr_approval=settings.csr_approval != "off"))
-    watcher = NodeWatcher(kube, watch_timeout=settings.watch_timeout,
-                          on_restart=lambda reason: metrics.watch_restarts.labels(reason).inc())
+    kube = kube_factory(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(), fence=fence,
+                        permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
+                                           csr_approval=settings.csr_approval != "off"))
+    watcher = make_node_watcher(kube, settings, metrics)
     events = EventRecorder(kube, host=socket.gethostname())
     applier = NodeApplier(kube)
     account = AccountMonitor(nodes=lambda: watcher.store.values(), events=events, metrics=metrics, user_email=user,
-                             region=settings.region, request_refresh=cache.refresh_until)
+                             region=identity.region, request_refresh=cache.refresh_until)
     reconciler = NodeReconciler(
         store=lambda name: watcher.store.get(name), observe=watcher.observe, cache=cache, client=client,
         applier=applier, events=events, metrics=metrics, account=account,
-        settings=ReconcileSettings(region=settings.region, zone=settings.effective_zone, user_email=user,
-                                   cluster_name=settings.cluster_name,
+        settings=ReconcileSettings(region=identity.region, zone=identity.zone, user_email=user,
+                                   cluster_name=identity.cluster,
                                    use_system_uuid=settings.node_lookup_by_system_uuid,
                                    lookup=settings.server_lookup),
     )
-    controller = NodeController(watcher, reconciler, workers=settings.concurrent_node_syncs,
+    controller = NodeController(watcher, reconciler, workers=identity.workers,
                                 resync_period=settings.node_status_update_frequency, metrics=metrics)
     cache.add_recovery_listener(controller.cloud_is_back)
     account.add_recovery_listener(controller.cloud_is_back)
@@ -164,8 +222,30 @@ async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None =
     csr = (CSRController(kube=kube, nodes=watcher, cache=cache, events=events, metrics=metrics,
                          deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
            if settings.csr_approval != "off" else None)
-    return Components(settings, metrics, chain, client, cache, tenant, kube, watcher, events, controller, lifecycle,
-                      account=account, csr=csr)
+    return Components(settings, metrics, services.chain, client, cache, tenant, kube, watcher, events, controller,
+                      lifecycle, account=account, csr=csr)
+
+
+def single_identity(settings: Settings) -> TenantIdentity:
+    """The one tenant of the single-tenant mode, as configured."""
+    return TenantIdentity(cluster=settings.cluster_name, user_email=settings.user_email or "",
+                          region=settings.region, zone=settings.effective_zone, workers=settings.concurrent_node_syncs)
+
+
+async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None = None) -> Components:
+    """Wire the parts of the single-tenant mode: shared services plus its one tenant, which owns them. With a
+    ``fence``, every write to the tenant API is fenced by it (leader election)."""
+    for secret in secrets_of(settings):
+        redactor.add(secret)
+    tenant = await kube_client(settings.kubeconfig, setting="kubeconfig", what="tenant kubeconfig")
+    try:
+        services = build_services(settings, redactor)
+    except BaseException:
+        await tenant.close()
+        raise
+    parts = build_tenant(services, tenant, single_identity(settings), metrics=services.metrics, fence=fence)
+    parts.services = services
+    return parts
 
 
 async def run_controllers(parts: Components, health: HealthState | None = None) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -159,6 +159,7 @@ class CloudSigmaClient:
         session: aiohttp.ClientSession | None = None,
         on_request: Callable[[RequestRecord], None] | None = None,
         user_agent: str = USER_AGENT,
+        throttle: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         if page_size < 0:
             raise ValueError("page_size must be >= 0 (0 asks for every object in one response)")
@@ -172,6 +173,9 @@ class CloudSigmaClient:
         self._own_session = session is None
         self._on_request = on_request
         self._user_agent = user_agent
+        #: Awaited (with the HTTP method) before every request, retries included: a request budget shared with
+        #: other clients (the fleet's per-region budget) makes the call wait its turn there.
+        self._throttle = throttle
 
     async def __aenter__(self) -> CloudSigmaClient:
         return self
@@ -353,6 +357,8 @@ class CloudSigmaClient:
             method=method, path=endpoint if resource is None else "/" + path.lstrip("/"),
             user=identity.user, provider=identity.provider, token_subject=identity.subject,
         )
+        if self._throttle is not None:
+            await self._throttle(method)
         started = time.monotonic()
         status: int | None = None
         request_id: str | None = None

@@ -25,7 +25,7 @@ from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 from ccm.kube.kubeconfig import Kubeconfig, KubeconfigError, parse_kubeconfig, read_kubeconfig
 from credentials.files import WatchedFile
 
-__all__ = ["KubeconfigClient", "KubeconfigError", "api_client", "in_cluster_namespace"]
+__all__ = ["KubeconfigClient", "KubeconfigError", "api_client", "api_client_from_dict", "in_cluster_namespace"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +51,28 @@ async def _client_for(kubeconfig: Kubeconfig) -> ApiClient:
             await client.close()
             raise KubeconfigError(kubeconfig.path, f"the tokenFile of user '{kubeconfig.user}' "
                                                    f"({kubeconfig.token_file}) cannot be read") from None
+    _skip_env_lookups(client)
+    return client
+
+
+async def api_client_from_dict(document: dict[str, Any], *, source: str, user_agent: str | None = None) -> ApiClient:
+    """An ApiClient for a kubeconfig held in memory (a tenant's Cluster API Secret in fleet mode), already checked
+    to be self-contained (:func:`ccm.fleet.tenants.parse_kubeconfig`: inline credentials, no files, no plugins).
+    The library writes inline certificates to temporary files of its own. Problems are a one-line
+    :class:`KubeconfigError` naming ``source`` (e.g. the Secret), never the content."""
+    cfg = Configuration()
+    where = Path(source)
+    try:
+        loader = KubeConfigLoader(config_dict=document)
+        await loader.load_and_set(cfg)
+        client = ApiClient(configuration=cfg)
+    except config.ConfigException as exc:
+        raise KubeconfigError(where, f"cannot be loaded: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise KubeconfigError(where, f"credentials cannot be loaded ({type(exc).__name__}): check the "
+                                     "certificate, key and CA entries") from None
+    if user_agent:
+        client.user_agent = user_agent
     _skip_env_lookups(client)
     return client
 

@@ -15,7 +15,7 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.kube.errors import KubeError, KubeUnavailable, error_for
-from ccm.kube.permissions import Permission, check
+from ccm.kube.permissions import Permission, check, request_of
 
 if TYPE_CHECKING:
     from ccm.fencing import Fence
@@ -25,13 +25,12 @@ JSON = dict[str, Any]
 
 
 def _kind(path: str) -> str:
-    """``/api/v1/nodes/n1/status`` → ``nodes/status``: a bounded label for counting writes."""
-    parts = [p for p in path.split("/") if p]
-    if "events" in parts:
-        return "events"
-    if "nodes" in parts:
-        return "nodes/status" if parts[-1] == "status" else "nodes"
-    return parts[-1] if parts else ""
+    """``/api/v1/nodes/n1/status`` → ``nodes/status``: a bounded label for counting writes — the resource and
+    subresource only, never an object's name (a fleet holds one Lease per tenant: names are unbounded)."""
+    request = request_of("POST", path)
+    if request is None:
+        return "other"
+    return f"{request.resource}/{request.subresource}" if request.subresource else request.resource
 
 
 class KubeTransport:
