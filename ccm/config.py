@@ -22,9 +22,12 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ccm.fleet.announce import check_fleet_name
 from ccm.shutdown import ShutdownBudget
 
 IMPERSONATION_STRATEGIES = ("keycloak-token-exchange", "cloudsigma-service-provider")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*"
                           r"(?:(\d+(?:\.\d+)?)ms)?\s*$")
 
@@ -34,7 +37,7 @@ DURATION_FIELDS = (
     "token_refresh_margin", "http_timeout", "node_status_update_frequency", "server_cache_max_age",
     "node_monitor_period", "node_deletion_grace_period", "watch_timeout", "shutdown_timeout",
     "termination_grace_period", "leader_elect_lease_duration", "leader_elect_renew_deadline",
-    "leader_elect_retry_period",
+    "leader_elect_retry_period", "fleet_member_forget_after",
 )
 
 
@@ -187,16 +190,50 @@ class Settings(BaseSettings):
 
     # -- leader election (management cluster) --
     leader_elect: bool = Field(True, description="Use a Lease so only one replica reconciles.")
-    leader_elect_kubeconfig: Path | None = Field(None, description="Management kubeconfig; in-cluster if unset. "
-                                                 "Re-read when the file changes.")
+    leader_elect_kubeconfig: Path | None = Field(None, description="Management kubeconfig (leader election, "
+                                                 "--cluster-ref, fleet mode); in-cluster if unset. Re-read when the "
+                                                 "file changes.")
     leader_elect_resource_name: str = Field("cloudsigma-ccm", description="Lease name.")
-    leader_elect_resource_namespace: str | None = Field(None, description="Lease namespace; default: pod namespace.")
+    leader_elect_resource_namespace: str | None = Field(None, description="Lease namespace; default: pod namespace. "
+                                                        "Fleet mode: where the member and tenant Leases live.")
     leader_elect_lease_duration: float = Field(15.0, description="Lease duration: how long a standby waits for a "
-                                               "silent leader before it takes over.")
+                                               "silent leader before it takes over (fleet mode: the same for each "
+                                               "tenant's Lease and the member Leases).")
     leader_elect_renew_deadline: float = Field(10.0, description="Renew deadline: a leader whose last successful "
                                                "renewal is this old stops writing and exits 1.")
     leader_elect_retry_period: float = Field(2.0, description="Retry period of renewals and acquisition attempts.")
     leader_elect_identity: str | None = Field(None, description="Holder identity; default: hostname_uuid.")
+
+    # -- mode: one tenant (the default) or a fleet serving every tenant of a management cluster --
+    mode: Literal["single", "fleet"] = Field(
+        "single", description="single: serve one tenant cluster (region, user email and kubeconfig from these "
+        "settings, or --cluster-ref); fleet: serve every CloudSigmaCluster of the management cluster, sharded over "
+        "the replicas by Leases (see Fleet mode).")
+    cluster_ref: str | None = Field(
+        None, description="Single mode: namespace/name of the tenant's CloudSigmaCluster in the management cluster; "
+        "user email and region are read from it and followed while running (instead of CLOUDSIGMA_USER_EMAIL and "
+        "CLOUDSIGMA_REGION).")
+    fleet_name: str = Field("cloudsigma-ccm", description="Fleet mode: name of the fleet (label of its Leases, "
+                            "prefix of their names); fleets sharing a namespace need different names.")
+    fleet_tenant_namespace: str | None = Field(
+        None, description="Fleet mode: serve the CloudSigmaClusters of this namespace only (a Role there suffices); "
+        "default: all namespaces.")
+    fleet_namespace_selector: str | None = Field(
+        None, description="Fleet mode: label selector on Namespaces; only their CloudSigmaClusters are served (needs "
+        "list/watch on namespaces, deploy/fleet/namespace-selector).")
+    fleet_cluster_selector: str | None = Field(
+        None, description="Fleet mode: label selector on CloudSigmaClusters; only matching ones are served.")
+    fleet_secret_selector: str = Field(
+        "cluster.x-k8s.io/cluster-name", description="Fleet mode: label selector of the kubeconfig Secrets to watch "
+        "(Cluster API labels them); empty: every Secret is listed (and all but *-kubeconfig dropped).")
+    fleet_member_forget_after: float = Field(
+        3600.0, description="Fleet mode: member Leases of replicas silent this long are deleted.")
+    fleet_concurrent_node_syncs: int = Field(
+        4, ge=1, le=256, description="Fleet mode: node reconcile workers per tenant (each tenant has its own queue, "
+        "backoff and workers, so one tenant's trouble never delays another's nodes).")
+    cloudsigma_requests_per_minute: int = Field(
+        10000, ge=0, description="Fleet mode: CloudSigma requests per minute per region, shared fairly by the "
+        "tenants (CloudSigma documents 10,000 GET/POST/PUT per minute); 0: no limit.")
 
     # -- operations --
     metrics_bind_address: str = Field("0.0.0.0:10258", description="Address of /healthz, /readyz and /metrics "
@@ -300,18 +337,26 @@ class Settings(BaseSettings):
         for name in ("client_secret_file", "password_file", "static_token_file", "client_assertion_file",
                      "client_private_key_file"):
             _check_secret_file(getattr(self, name), name)
-        if self.kubeconfig is None and os.environ.get("KUBECONFIG"):
+        fleet = self.mode == "fleet"
+        if fleet:
+            self._check_fleet()
+        elif self.kubeconfig is None and os.environ.get("KUBECONFIG"):
             self.kubeconfig = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
-        if not self.region:
-            raise _cross("region", "is required: set it to the CloudSigma location of the cluster (e.g. zrh)")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.region):
+        from_cluster = fleet or self.cluster_ref is not None  # region and owner come from CloudSigmaClusters
+        if self.cluster_ref is not None:
+            self._check_cluster_ref()
+        if not from_cluster and not self.region:
+            raise _cross("region", "is required: set it to the CloudSigma location of the cluster (e.g. zrh), or "
+                         "--cluster-ref to read it from the CloudSigmaCluster")
+        if self.region and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.region):
             raise _cross("region", "is not a location id (lower-case letters, digits, '-')")
         if self.client_assertion_audience and self.client_assertion_file is None:
             raise _cross("client_assertion_file", "is missing: CLOUDSIGMA_CLIENT_ASSERTION_AUDIENCE is set, but not "
                          "the file holding the projected service-account token")
         if self.impersonation_enabled:
-            if not self.user_email:
-                raise _cross("user_email", "is required when impersonation is enabled: set the cluster owner's email")
+            if not self.user_email and not from_cluster:
+                raise _cross("user_email", "is required when impersonation is enabled: set the cluster owner's email "
+                             "(or --cluster-ref to read it from the CloudSigmaCluster)")
             if not self.oauth_url:
                 raise _cross("oauth_url", "is required when impersonation is enabled: set the Keycloak URL")
             if not self.client_id:
@@ -346,13 +391,20 @@ class Settings(BaseSettings):
             if has_password:
                 chain.append("password")
             self.credential_chain = chain
+        if fleet:
+            one_user = [name for name in self.credential_chain if name in ("password", "static-token")]
+            if one_user or not self.impersonation_enabled:
+                raise _cross("credential_chain" if one_user else "impersonation_enabled",
+                             "fleet mode needs impersonation (CLOUDSIGMA_IMPERSONATION_ENABLED=true with the OAuth "
+                             "client): a password or static token acts as one CloudSigma user for every tenant"
+                             + (f", so the chain must not list {', '.join(one_user)}" if one_user else ""))
         if not self.credential_chain:
             raise _cross("impersonation_enabled", "no credentials configured: enable impersonation "
                          "(with --oauth-url, --client-id, --client-secret, --user-email) or set "
                          "CLOUDSIGMA_USERNAME/CLOUDSIGMA_PASSWORD")
         if len(set(self.credential_chain)) != len(self.credential_chain):
             raise _cross("credential_chain", "lists a provider twice")
-        if not self.user_email:
+        if not self.user_email and not from_cluster:
             # Password-only deployments act as the basic-auth user.
             self.user_email = self.username
         if self.kubeconfig is not None and not (self.kubeconfig.is_file() and os.access(self.kubeconfig, os.R_OK)):
@@ -370,6 +422,45 @@ class Settings(BaseSettings):
                          "(event flush, lease release, exit) must be at most --termination-grace-period; "
                          "shorten it or raise terminationGracePeriodSeconds and CLOUDSIGMA_TERMINATION_GRACE_PERIOD")
         return self
+
+    def _check_fleet(self) -> None:
+        """Fleet mode takes each tenant's region, owner and kubeconfig from the management cluster: a single-tenant
+        setting would be silently ignored, so it is refused."""
+        for name in ("region", "user_email", "kubeconfig", "cluster_ref", "cluster_name", "username"):
+            if getattr(self, name):
+                raise _cross(name, "is a single-tenant setting: fleet mode reads each tenant's from its "
+                             "CloudSigmaCluster and kubeconfig Secret; unset it")
+        if self.password is not None or self.password_file is not None or self.static_token is not None \
+                or self.static_token_file is not None:
+            field = "password" if self.password is not None or self.password_file is not None else "static_token"
+            raise _cross(field, "is a single-tenant setting: in fleet mode one password or token would act as one "
+                         "CloudSigma user for every tenant; unset it")
+        if not self.leader_elect:
+            raise _cross("leader_elect", "must be true in fleet mode: each tenant is guarded by its own Lease")
+        try:
+            check_fleet_name(self.fleet_name)
+        except ValueError:
+            raise _cross("fleet_name", "is not usable: use at most 32 lower-case letters, digits and '-'") from None
+        if self.fleet_tenant_namespace is not None and not _DNS_LABEL.fullmatch(self.fleet_tenant_namespace):
+            raise _cross("fleet_tenant_namespace", "is not a namespace name")
+
+    def _check_cluster_ref(self) -> None:
+        ref = self.cluster_ref or ""
+        namespace, _, name = ref.partition("/")
+        if not (_DNS_LABEL.fullmatch(namespace) and _DNS_SUBDOMAIN.fullmatch(name) and len(name) <= 253):
+            raise _cross("cluster_ref", "must be namespace/name of a CloudSigmaCluster")
+        for field in ("region", "user_email"):
+            if getattr(self, field):
+                raise _cross(field, "is read from the CloudSigmaCluster named by --cluster-ref: unset it (or unset "
+                             "CLOUDSIGMA_CLUSTER_REF)")
+
+    @property
+    def cluster_ref_parts(self) -> tuple[str, str] | None:
+        """``(namespace, name)`` of ``--cluster-ref``, or None."""
+        if self.cluster_ref is None:
+            return None
+        namespace, _, name = self.cluster_ref.partition("/")
+        return namespace, name
 
     @property
     def effective_zone(self) -> str:
