@@ -19,7 +19,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,7 +55,9 @@ class LeaseElector:
 
     def __init__(self, kube: KubeTransport, *, name: str, namespace: str, identity: str, lease_duration: float,
                  renew_deadline: float, retry_period: float, clock: Callable[[], float] = time.monotonic,
-                 fence: Fence | None = None, on_failure: Callable[[str], None] | None = None) -> None:
+                 fence: Fence | None = None, on_failure: Callable[[str], None] | None = None,
+                 labels: Mapping[str, str] | None = None,
+                 annotate: Callable[[], Mapping[str, str]] | None = None) -> None:
         self._kube = kube
         self.name = name
         self.namespace = namespace
@@ -66,6 +68,10 @@ class LeaseElector:
         self._clock = clock
         self.fence = fence if fence is not None else Fence(f"lease {namespace}/{name}", clock=clock)
         self._on_failure = on_failure
+        #: Labels of the Lease when we create it (a fleet finds its tenant Leases by label).
+        self._labels = dict(labels or {})
+        #: Annotations written with every acquisition and renewal (a fleet publishes each tenant's status there).
+        self._annotate = annotate
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         #: Clock value at the start of the last successful acquisition or renewal.
@@ -92,6 +98,25 @@ class LeaseElector:
             "leaseTransitions": transitions,
         }
 
+    def observe(self, spec: Mapping[str, Any], at: float) -> None:
+        """A record of the Lease seen elsewhere (a watch) at ``at`` on our clock. A holder is judged silent by how
+        long its record stayed unchanged; a watch that saw the record all along lets a new elector take over an
+        expired Lease at once, instead of waiting a whole duration from its own first look (client-go's rule)."""
+        record = (spec.get("holderIdentity") or "", spec.get("renewTime"), spec.get("leaseTransitions"))
+        if record != self._observed:
+            self._observed, self._observed_at = record, at
+
+    def _metadata(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        meta = dict(metadata)
+        if self._annotate is not None:
+            try:
+                extra = dict(self._annotate())
+            except Exception:  # a status callback must never cost the lease
+                log.exception("lease_annotation_failed", lease=self.lease)
+                extra = {}
+            meta["annotations"] = {**(meta.get("annotations") or {}), **extra}
+        return meta
+
     def _failed(self, step: str, exc: KubeError | None = None) -> None:
         """A lease call that did not succeed: a warning (a leader near its deadline, or a standby that cannot
         see the lease, is worth an operator's attention) and a metric."""
@@ -105,8 +130,11 @@ class LeaseElector:
         try:
             lease = await self._kube.request("GET", self._path)
         except KubeNotFound:
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(None)}
+            meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+            if self._labels:
+                meta["labels"] = dict(self._labels)
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": self._metadata(meta),
+                    "spec": self._spec(None)}
             try:
                 await self._kube.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases",
                                          body=body)
@@ -125,8 +153,8 @@ class LeaseElector:
             self._observed, self._observed_at = record, now
         if holder and holder != self.identity and now < self._observed_at + self._duration:
             return False  # somebody else holds a live lease: not a failure
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": lease.get("metadata") or {},
-                "spec": self._spec(spec if holder else None)}
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": self._metadata(lease.get("metadata") or {}), "spec": self._spec(spec if holder else None)}
         try:
             updated: JSON = await self._kube.request("PUT", self._path, body=body)
         except KubeError as exc:

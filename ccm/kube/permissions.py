@@ -18,6 +18,8 @@ from typing import Any, Literal
 #: cluster-scoped objects conventionally go to "default", as the kubelet's and upstream controllers' do).
 EVENTS_NAMESPACE = "default"
 LEASES_GROUP = "coordination.k8s.io"
+#: The Cluster API infrastructure provider's group (CloudSigmaCluster, see ccm/fleet/clusterapi.py).
+CLUSTERAPI_GROUP = "infrastructure.cluster.x-k8s.io"
 CERTIFICATES_GROUP = "certificates.k8s.io"
 KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
 
@@ -84,6 +86,41 @@ def leader_election(namespace: str, lease: str) -> tuple[Permission, ...]:
         Permission("get", "leases", group=LEASES_GROUP, namespace=namespace, name=lease),
         Permission("update", "leases", group=LEASES_GROUP, namespace=namespace, name=lease),
     )
+
+
+def cluster_ref(namespace: str, name: str) -> tuple[Permission, ...]:
+    """What ``--cluster-ref namespace/name`` reads in the management cluster: that one CloudSigmaCluster, listed
+    and watched with a ``metadata.name`` field selector (which RBAC authorizes by ``resourceNames``)."""
+    return (
+        Permission("list", "cloudsigmaclusters", group=CLUSTERAPI_GROUP, namespace=namespace, name=name),
+        Permission("watch", "cloudsigmaclusters", group=CLUSTERAPI_GROUP, namespace=namespace, name=name),
+    )
+
+
+def fleet(namespace: str, *, tenant_namespace: str | None = None,
+          namespace_selector: bool = False) -> tuple[Permission, ...]:
+    """What a fleet replica does in the management cluster (ccm/fleet): discovery lists and watches
+    CloudSigmaClusters and their kubeconfig Secrets (all namespaces, or ``tenant_namespace``) and, with a namespace
+    selector, Namespaces; member and tenant Leases live in ``namespace``."""
+    out = [
+        Permission("list", "cloudsigmaclusters", group=CLUSTERAPI_GROUP, namespace=tenant_namespace),
+        Permission("watch", "cloudsigmaclusters", group=CLUSTERAPI_GROUP, namespace=tenant_namespace),
+        # RBAC cannot narrow Secrets by name pattern: this reads every Secret of those namespaces (the label
+        # selector only limits what is sent). See deploy/README.md.
+        Permission("list", "secrets", namespace=tenant_namespace),
+        Permission("watch", "secrets", namespace=tenant_namespace),
+    ]
+    if namespace_selector:
+        out += [Permission("list", "namespaces"), Permission("watch", "namespaces")]
+    out += [
+        Permission(verb, "leases", group=LEASES_GROUP, namespace=namespace) for verb in (
+            "list", "watch",  # informers: member and tenant Leases
+            "get", "create", "update",  # tenant Leases (ccm/leader.py); create: own member Lease too
+            "patch",  # own member Lease: renew (ccm/fleet/announce.py)
+            "delete",  # own member Lease on exit, silent members', removed tenants'
+        )
+    ]
+    return tuple(out)
 
 
 def needed(permissions: Iterable[Permission], *, deletion_enabled: bool,
@@ -163,6 +200,12 @@ def request_of(method: str, path: str, query: Mapping[str, Any] | None = None) -
     if method == "GET":
         watching = str((query or {}).get("watch", "")).lower() in ("1", "true")
         verb = "watch" if watching else ("get" if name is not None else "list")
+        if name is None:
+            # As the API server authorizes it: a list or watch narrowed to one object by a metadata.name field
+            # selector is a request for that name (RBAC resourceNames apply).
+            selector = str((query or {}).get("fieldSelector") or "")
+            if selector.startswith("metadata.name=") and "," not in selector:
+                name = selector.partition("=")[2] or None
     else:
         verb = _VERBS.get(method, method.lower())
     return Request(verb, group, resource, subresource, namespace, name)
