@@ -83,6 +83,11 @@ class NodeController:
             self._uninitialized.discard(name)
         self._metrics.nodes_uninitialized.set(len(self._uninitialized))
 
+    @property
+    def uninitialized(self) -> int:
+        """Nodes still carrying the uninitialized taint."""
+        return len(self._uninitialized)
+
     def cloud_is_back(self) -> None:
         """CloudSigma answers again (or lists the right account again): every node that was waiting for it is
         re-queued now instead of at the end of its backoff."""
