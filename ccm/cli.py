@@ -54,6 +54,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             parser.add_argument(flag_name(name), dest=name, metavar=_metavar(info), help=help_text)
     if command == "doctor":
         parser.add_argument("--output", choices=("table", "json"), default="table", help="Output format.")
+        parser.add_argument("--all-tenants", dest="all_tenants", action="store_true", default=False,
+                            help="Fleet mode: list every tenant of the management cluster (owning replica, nodes, "
+                                 "uninitialized nodes, last sync, credential state, last error); the default in "
+                                 "fleet mode.")
     return parser
 
 
@@ -97,6 +101,7 @@ def warn_secret_flags(values: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     command, values = parse(sys.argv[1:] if argv is None else argv)
     output = values.pop("output", "table")
+    all_tenants = bool(values.pop("all_tenants", False))
     try:
         settings = load_settings(values)
     except ConfigError as exc:
@@ -110,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "doctor":
             from ccm.doctor import run_doctor
 
-            return asyncio.run(run_doctor(settings, redactor, output=output))
+            return asyncio.run(run_doctor(settings, redactor, output=output, all_tenants=all_tenants))
         from ccm.daemon import run
 
         return asyncio.run(run(settings, redactor))

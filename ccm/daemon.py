@@ -16,14 +16,16 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
 from kubernetes_asyncio.client import ApiClient
 
+from ccm.clusterref import ClusterIdentity, ClusterRefFollower
 from ccm.config import ConfigError, Settings, env_name, flag_name, secrets_of
 from ccm.csr.controller import CSRController
 from ccm.fencing import Fence
@@ -31,6 +33,7 @@ from ccm.health import HealthState, create_app, start_server
 from ccm.kube.clients import KubeconfigClient, KubeconfigError, api_client, in_cluster_namespace
 from ccm.kube.events import EventRecorder
 from ccm.kube.permissions import TENANT, leader_election, needed
+from ccm.kube.permissions import cluster_ref as cluster_ref_permissions
 from ccm.kube.transport import KubeTransport
 from ccm.kube.watching import NodeWatcher
 from ccm.leader import LeaderLost, LeaseElector, default_identity
@@ -178,7 +181,7 @@ def make_node_watcher(kube: KubeTransport, settings: Settings, metrics: Metrics)
 
 def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, identity: TenantIdentity, *,
                  metrics: Metrics, fence: Fence | None = None,
-                 kube_factory: Callable[..., KubeTransport] = KubeTransport) -> Components:
+                 kube_factory: Callable[..., KubeTransport] = KubeTransport, kube_timeout: float = 30.0) -> Components:
     """One tenant cluster's controllers on the shared ``services``: its CloudSigma client (acting as the tenant's
     owner in its region), server snapshot, node watcher, node and lifecycle controllers, account monitor and the
     optional CSR approver. With a ``fence``, every write to the tenant API is fenced by it (its Lease)."""
@@ -192,7 +195,8 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
     )
     cache = ServerCache(client, max_age=settings.server_cache_max_age,
                         on_refresh=lambda _: metrics.snapshot_refreshes.inc())
-    kube = kube_factory(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(), fence=fence,
+    kube = kube_factory(tenant, timeout=kube_timeout, fence=fence,
+                        on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
                                            csr_approval=settings.csr_approval != "off"))
     watcher = make_node_watcher(kube, settings, metrics)
@@ -232,14 +236,15 @@ def single_identity(settings: Settings) -> TenantIdentity:
                           region=settings.region, zone=settings.effective_zone, workers=settings.concurrent_node_syncs)
 
 
-async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None = None) -> Components:
+async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None = None,
+                metrics: Metrics | None = None) -> Components:
     """Wire the parts of the single-tenant mode: shared services plus its one tenant, which owns them. With a
     ``fence``, every write to the tenant API is fenced by it (leader election)."""
     for secret in secrets_of(settings):
         redactor.add(secret)
     tenant = await kube_client(settings.kubeconfig, setting="kubeconfig", what="tenant kubeconfig")
     try:
-        services = build_services(settings, redactor)
+        services = build_services(settings, redactor, metrics=metrics)
     except BaseException:
         await tenant.close()
         raise
@@ -293,24 +298,98 @@ def lease_namespace(settings: Settings) -> str:
             or in_cluster_namespace() or "default")
 
 
+class _Current:
+    """The components being served (replaced when ``--cluster-ref`` re-keys them)."""
+
+    def __init__(self, parts: Components) -> None:
+        self.parts = parts
+
+
+def _with_identity(settings: Settings, identity: ClusterIdentity) -> Settings:
+    return settings.model_copy(update={"user_email": identity.user_email, "region": identity.region})
+
+
+async def _read_cluster_ref(follower: ClusterRefFollower) -> tuple[asyncio.Task[None], ClusterIdentity]:
+    """Start following the CloudSigmaCluster and wait until it was read once (its problems are logged)."""
+    task = asyncio.get_running_loop().create_task(follower.run(), name="cluster-ref")
+    try:
+        await follower.changed.wait()
+    except BaseException:
+        task.cancel()
+        raise
+    assert follower.current is not None
+    return task, follower.current
+
+
+async def _await(task: asyncio.Task[None]) -> None:
+    await task
+
+
+async def serve_cluster_ref(current: _Current, follower: ClusterRefFollower, settings: Settings, redactor: Redactor,
+                            fence: Fence | None, health: HealthState) -> None:
+    """Run the controllers; when the CloudSigmaCluster's owner email or region changes, drain them and build new
+    ones with the new identity (new credential chain and token cache: the old tokens are dropped), no restart."""
+    while True:
+        follower.changed.clear()
+        controllers = asyncio.create_task(run_controllers(current.parts, health), name="controllers")
+        changed = asyncio.create_task(follower.changed.wait())
+        try:
+            await asyncio.wait({controllers, changed}, return_when=asyncio.FIRST_COMPLETED)
+            if controllers.done():
+                controllers.result()  # a failure (TaskEnded) reaches the process supervisor
+                return  # the workers were shut down (SIGTERM)
+            identity = follower.current
+            assert identity is not None
+            old = current.parts
+            log.info("cluster_ref_rekeying", cluster_ref=follower.ref, cs_user=identity.user_email,
+                     region=identity.region, previous_user=old.settings.user_email,
+                     previous_region=old.settings.region)
+            await old.controller.shutdown(min(5.0, settings.shutdown_timeout))
+            await old.events.flush(timeout=2.0)
+        finally:
+            for task in (controllers, changed):
+                task.cancel()
+            for task in (controllers, changed):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        current.parts = await build(_with_identity(settings, identity), redactor, fence=fence, metrics=old.metrics)
+        await old.close()
+
+
 async def run(settings: Settings, redactor: Redactor) -> int:
     """Run until SIGTERM/SIGINT (→ 0), loss of the lease or any supervised task ending (→ 1)."""
+    if settings.mode == "fleet":
+        from ccm.fleet.process import run_fleet
+
+        return await run_fleet(settings, redactor)
     fence: Fence | None = None
     management: ApiClient | KubeconfigClient | None = None
     if settings.leader_elect:
         fence = Fence(f"lease {lease_namespace(settings)}/{settings.leader_elect_resource_name}")
+    if settings.leader_elect or settings.cluster_ref is not None:
         # Opened first: an unusable management kubeconfig is a configuration error before anything starts.
         management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
                                        what="management kubeconfig")
+    follower: ClusterRefFollower | None = None
+    follow_task: asyncio.Task[None] | None = None
     try:
+        ref = settings.cluster_ref_parts
+        if ref is not None and management is not None:
+            follower = ClusterRefFollower(KubeTransport(management, permissions=cluster_ref_permissions(*ref)),
+                                          *ref, watch_timeout=settings.watch_timeout)
+            follow_task, identity = await _read_cluster_ref(follower)
+            settings = _with_identity(settings, identity)
         parts = await build(settings, redactor, fence=fence)
     except BaseException:
+        if follow_task is not None:
+            follow_task.cancel()
         if management is not None:
             await management.close()
         raise
-    health = HealthState(last_watch_activity=lambda: parts.watcher.last_activity,
+    current = _Current(parts)
+    health = HealthState(last_watch_activity=lambda: current.parts.watcher.last_activity,
                          watch_stale_after=max(3 * settings.watch_timeout, 120.0))
-    health.credentials, health.redact = parts.chain.status, redactor.redact_text
+    health.credentials, health.redact = (lambda: current.parts.chain.status()), redactor.redact_text
     supervisor = Supervisor()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -321,10 +400,17 @@ async def run(settings: Settings, redactor: Redactor) -> int:
         health.leading = leading
         parts.metrics.leader.set(1 if leading else 0)
 
+    def controllers() -> Coroutine[Any, Any, None]:
+        if follower is not None:
+            return serve_cluster_ref(current, follower, settings, redactor, fence, health)
+        return run_controllers(parts, health)
+
     if settings.metrics_bind_address:
         supervisor.start("health-server", serve_health(health, parts.metrics, settings.metrics_bind_address))
+    if follow_task is not None:
+        supervisor.start("cluster-ref", _await(follow_task))
     elector: LeaseElector | None = None
-    if management is not None and fence is not None:
+    if settings.leader_elect and management is not None and fence is not None:
         lease = f"{lease_namespace(settings)}/{settings.leader_elect_resource_name}"
         elector = LeaseElector(
             KubeTransport(management, timeout=settings.leader_elect_renew_deadline,
@@ -342,15 +428,15 @@ async def run(settings: Settings, redactor: Redactor) -> int:
             log.info("leader_elected", identity=elector.identity, lease=elector.lease)
             leading_changed(True)
             supervisor.start("lease-keeper", elector.keep())
-            supervisor.start("controllers", run_controllers(parts, health))
+            supervisor.start("controllers", controllers())
 
         supervisor.start("leader-election", campaign(elector), may_finish=True)
     else:
         leading_changed(True)
-        supervisor.start("controllers", run_controllers(parts, health))
+        supervisor.start("controllers", controllers())
     log.info("ccm_starting", region=settings.region, cs_user=settings.user_email, cluster=settings.cluster_name,
              credential_chain=settings.credential_chain, workers=settings.concurrent_node_syncs,
-             leader_elect=settings.leader_elect)
+             leader_elect=settings.leader_elect, cluster_ref=settings.cluster_ref)
     failure = asyncio.ensure_future(supervisor.failure())
     stop_task = asyncio.ensure_future(stop.wait())
     exit_code = 0
@@ -365,7 +451,7 @@ async def run(settings: Settings, redactor: Redactor) -> int:
                 log.error("ccm_task_ended", task=ended.name, error=str(ended), exc_info=ended.cause)
             leading_changed(False)
         else:
-            await shutdown(parts, supervisor, settings)
+            await shutdown(current.parts, supervisor, settings)
     finally:
         for task in (failure, stop_task):
             task.cancel()
@@ -378,7 +464,7 @@ async def run(settings: Settings, redactor: Redactor) -> int:
             await elector.release(timeout=LEASE_RELEASE_TIMEOUT)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(EXIT_MARGIN):
-                await parts.close()
+                await current.parts.close()
                 if management is not None:
                     await management.close()
     log.info("ccm_stopped", exit_code=exit_code)

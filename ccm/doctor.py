@@ -234,7 +234,57 @@ def render_table(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-async def run_doctor(settings: Settings, redactor: Redactor, *, output: str = "table") -> int:
+async def run_all_tenants_doctor(settings: Settings, redactor: Redactor, *, output: str = "table") -> int:
+    """``doctor --all-tenants`` (and ``doctor`` in fleet mode): every tenant of the fleet, from the management
+    cluster. Exit 1 when a tenant cannot be served, has no live owner, or its credentials or controllers fail."""
+    from ccm.daemon import kube_client, lease_namespace
+    from ccm.fleet.doctor import run_all_tenants
+    from ccm.kube.permissions import fleet
+
+    namespace = lease_namespace(settings)
+    management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
+                                   what="management kubeconfig")
+    try:
+        kube = KubeTransport(management, timeout=settings.http_timeout,
+                             permissions=fleet(namespace, tenant_namespace=settings.fleet_tenant_namespace,
+                                               namespace_selector=bool(settings.fleet_namespace_selector)))
+        text, ok = await run_all_tenants(settings, kube, namespace=namespace, output=output)
+    finally:
+        await management.close()
+    sys.stdout.write(redactor.redact_text(text) + "\n")
+    return 0 if ok else 1
+
+
+async def _with_cluster_ref(settings: Settings) -> Settings:
+    """``--cluster-ref``: the owner email and region as the CloudSigmaCluster says now."""
+    from ccm.daemon import kube_client
+    from ccm.fleet.clusterapi import clusters_path
+    from ccm.fleet.tenants import parse_owner
+    from ccm.kube.informer import list_all
+    from ccm.kube.permissions import cluster_ref
+
+    parts = settings.cluster_ref_parts
+    if parts is None:
+        return settings
+    namespace, name = parts
+    management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
+                                   what="management kubeconfig")
+    try:
+        kube = KubeTransport(management, timeout=settings.http_timeout, permissions=cluster_ref(namespace, name))
+        items, _ = await list_all(kube, clusters_path(namespace), query={"fieldSelector": f"metadata.name={name}"})
+    finally:
+        await management.close()
+    if not items:
+        raise ValueError(f"--cluster-ref {settings.cluster_ref}: no such CloudSigmaCluster")
+    email, region = parse_owner(items[0])
+    return settings.model_copy(update={"user_email": email, "region": region})
+
+
+async def run_doctor(settings: Settings, redactor: Redactor, *, output: str = "table",
+                     all_tenants: bool = False) -> int:
+    if all_tenants or settings.mode == "fleet":
+        return await run_all_tenants_doctor(settings, redactor, output=output)
+    settings = await _with_cluster_ref(settings)
     checks = await collect(settings, redactor)
     failed = [c for c in checks if c.status == "fail"]
     if output == "json":

@@ -6,6 +6,9 @@ Neither probe depends on CloudSigma or the identity provider: a cloud outage mus
   (an event, a bookmark or a relist) within ``watch_stale_after``.
 - ``/readyz``: the initial node list has been synced — or this replica is a standby (not leading), which is
   ready by design so rolling updates are not blocked.
+- ``/debug/tenants`` (fleet mode): every tenant of the management cluster — assigned and actual owner (the
+  replica holding its Lease), nodes, uninitialized nodes, last sync, credential state, last error, or why it
+  cannot be served. Never a secret or kubeconfig content (and scrubbed by the redactor too).
 - ``/debug/credentials``: where each credential provider stands (JSON): configured or not, how the client
   authenticates, last success and failure with time and reason, the verified identity and expiry of the newest
   token. Never a token or a secret (and the daemon's log redactor scrubs the answer too).
@@ -34,6 +37,8 @@ class HealthState:
     credentials: Callable[[], list[dict[str, Any]]] | None = None
     #: Scrubs known secrets from text served (the log redactor's ``redact_text``).
     redact: Callable[[str], str] | None = None
+    #: Fleet mode: the manager's view of every tenant (:meth:`ccm.fleet.manager.FleetManager.view`).
+    tenants: Callable[[], dict[str, Any]] | None = None
 
 
 def create_app(state: HealthState, metrics: Metrics) -> web.Application:
@@ -58,6 +63,14 @@ def create_app(state: HealthState, metrics: Metrics) -> web.Application:
             text = state.redact(text)
         return web.Response(text=text + "\n", content_type="application/json")
 
+    async def debug_tenants(_: web.Request) -> web.Response:
+        if state.tenants is None:
+            return web.Response(status=404, text="no tenants: this process runs in single-tenant mode\n")
+        text = json.dumps({"generated_at": round(time.time(), 3), **state.tenants()}, indent=2, default=str)
+        if state.redact is not None:
+            text = state.redact(text)
+        return web.Response(text=text + "\n", content_type="application/json")
+
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
@@ -67,6 +80,7 @@ def create_app(state: HealthState, metrics: Metrics) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/debug/credentials", debug_credentials)
+    app.router.add_get("/debug/tenants", debug_tenants)
     return app
 
 

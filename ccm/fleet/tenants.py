@@ -149,6 +149,17 @@ def parse_cluster(obj: dict[str, Any]) -> ClusterRef:
     namespace, name = _str(meta.get("namespace")), _str(meta.get("name"))
     key = f"{namespace}/{name}"
     what = f"{KIND} {key}"
+    email, region = parse_owner(obj)
+    cluster_name = _cluster_name(meta, key, what)
+    return ClusterRef(namespace=namespace, name=name, uid=_str(meta.get("uid")), cluster_name=cluster_name,
+                      user_email=email, region=region)
+
+
+def parse_owner(obj: dict[str, Any]) -> tuple[str, str]:
+    """(owner email, region) of a CloudSigmaCluster — all ``--cluster-ref`` needs; :class:`InvalidCluster`."""
+    meta = obj.get("metadata") or {}
+    key = f"{_str(meta.get('namespace'))}/{_str(meta.get('name'))}"
+    what = f"{KIND} {key}"
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         spec = {}
@@ -170,10 +181,7 @@ def parse_cluster(obj: dict[str, Any]) -> ClusterRef:
     if "@" not in email or any(c.isspace() for c in email) or len(email) > 254:
         raise InvalidCluster(key, what, "spec.userEmail", f"{email[:254]!r} is not an email address",
                              "set it to the cluster owner's CloudSigma email")
-
-    cluster_name = _cluster_name(meta, key, what)
-    return ClusterRef(namespace=namespace, name=name, uid=_str(meta.get("uid")), cluster_name=cluster_name,
-                      user_email=email, region=region)
+    return email, region
 
 
 def _cluster_name(meta: dict[str, Any], key: str, what: str) -> str:
