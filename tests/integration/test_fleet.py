@@ -43,8 +43,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def management_server(kube_apiserver_factory: Callable[[str], KubeAPIServer]) -> KubeAPIServer:
-    return kube_apiserver_factory("fleet-management")
+def management_server(kube_apiserver_factory: Callable[..., KubeAPIServer]) -> KubeAPIServer:
+    # Audited: the fleet's reliability tests (tests/reliability/test_fleet.py) share it and read its Lease writes.
+    return kube_apiserver_factory("fleet-management", audit=True)
 
 
 @pytest.fixture

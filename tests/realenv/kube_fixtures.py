@@ -1,8 +1,8 @@
 """Pytest fixtures for a real kube-apiserver (see tests/realenv/kubeapiserver.py).
 
 - ``kube_apiserver`` (session): one running :class:`KubeAPIServer`, stopped at the end of the session.
-- ``kube_apiserver_factory`` (session): ``factory(name)`` starts (once per name) an extra, independent
-  API server, e.g. a "management" and a "tenant" cluster; all are stopped at the end of the session.
+- ``kube_apiserver_factory`` (session): ``factory(name, audit=False)`` starts (once per name) an extra,
+  independent API server, e.g. a "management" and a "tenant" cluster; all are stopped at the end of the session.
 - ``kube_api`` (function): a ``kubernetes_asyncio`` ``ApiClient`` for the admin of ``kube_apiserver``,
   built without touching the library's global default configuration; closed after the test.
 - ``clean_nodes`` (function): deletes every Node of ``kube_apiserver`` before the test.
@@ -44,15 +44,18 @@ def kube_apiserver() -> Iterator[KubeAPIServer]:
 
 
 @pytest.fixture(scope="session")
-def kube_apiserver_factory() -> Iterator[Callable[[str], KubeAPIServer]]:
+def kube_apiserver_factory() -> Iterator[Callable[..., KubeAPIServer]]:
     servers: dict[str, KubeAPIServer] = {}
 
-    def factory(name: str) -> KubeAPIServer:
+    def factory(name: str, *, audit: bool = False) -> KubeAPIServer:
         server = servers.get(name)
         if server is None:
-            server = KubeAPIServer(name)
+            server = KubeAPIServer(name, audit=audit)
             server.start()
             servers[name] = server
+        elif server.audit != audit:
+            raise AssertionError(f"API server {name!r} was started with audit={server.audit}: ask for it the same "
+                                 "way everywhere")
         return server
 
     try:
