@@ -22,7 +22,7 @@ from tests.integration.harness import ALICE, BOB, CLIENT_ID, CLIENT_SECRET, two_
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import delete_all_nodes, register_node, wait_for
-from tests.reliability.support import initialized
+from tests.reliability.support import LogSink, initialized
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +70,7 @@ async def test_two_clusters_of_one_owner_share_a_token_and_a_stopped_tenant_leav
         world.add_server(owner, name, nics=[public_dhcp_nic("auto")])
     redactor = Redactor()
     metrics = Metrics()
+    sink = LogSink(redactor).__enter__()  # the production log pipeline (context variables merged), into memory
     services = fleet_services(settings, redactor, metrics)
     credentials = CredentialUsers(services)
     one = spec(tenant_servers[0], "one", ALICE)
@@ -114,6 +115,12 @@ async def test_two_clusters_of_one_owner_share_a_token_and_a_stopped_tenant_leav
         await services.close()
         for api in apis:
             await api.close()
+        sink.__exit__()
+    # Every line a tenant's tasks log carries its cluster (bound once in the runtime's task, inherited).
+    for event in ("tenant_started", "nodes_listed", "initial_node_sync_done", "node_reconciled"):
+        lines = sink.named(event)
+        assert lines and all(line.get("cluster") in ("team/one", "team/two") for line in lines), (event, lines)
+    assert {line["cluster"] for line in sink.named("nodes_listed")} == {"team/one", "team/two"}
 
 
 def _open_fence() -> Fence:

@@ -16,16 +16,25 @@ from typing import Any
 
 import pytest
 
+from ccm.clusterref import ClusterRefFollower
 from ccm.csr.apply import CSRS, get_csr, write_condition
+from ccm.fleet.announce import Announcer, leases_path
+from ccm.fleet.clusterapi import clusters_path, secrets_path
+from ccm.fleet.discovery import DiscoveryOptions, TenantDiscovery
+from ccm.fleet.manager import tenant_lease_name
 from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.fetching import get_node, list_nodes
+from ccm.kube.informer import Informer
 from ccm.kube.patching import delete_node, patch_node, replace_addresses
 from ccm.kube.permissions import (
+    CLUSTERAPI_GROUP,
     TENANT,
     Permission,
     Request,
     UndeclaredRequest,
+    cluster_ref,
     covers,
+    fleet,
     leader_election,
     needed,
     rbac_rules,
@@ -212,3 +221,56 @@ def test_labels_and_reviews() -> None:
     assert status.label == "patch nodes/status"
     assert status.review()["spec"]["resourceAttributes"] == {"verb": "patch", "resource": "nodes",
                                                              "subresource": "status"}
+
+
+async def run_until_watching(api: RecordingApiClient, informer: Informer) -> None:
+    """Run ``informer`` until its own watch request has been sent."""
+    task = asyncio.create_task(informer.run())
+    while not any(q.get("watch") and path == informer.path for _, path, q in api.calls):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_the_fleet_list_is_exactly_what_the_code_sends() -> None:
+    api = RecordingApiClient()
+    permissions = fleet("fleet-ns", namespace_selector=True)
+    kube = KubeTransport(api, permissions=permissions)  # type: ignore[arg-type]
+    announcer = Announcer(kube, namespace="fleet-ns", fleet="f", identity="me", lease_duration=15, renew_interval=5)
+    assert await announcer.renew()  # GET 404, POST
+    assert await announcer.renew()  # GET, PATCH
+    await announcer.leave()  # DELETE
+    elector = LeaseElector(kube, name=tenant_lease_name("f", "team/c1"), namespace="fleet-ns", identity="me",
+                           lease_duration=15, renew_deadline=10, retry_period=2, labels={"l": "v"})
+    assert await elector.try_acquire_or_renew()  # GET, PUT
+    discovery = TenantDiscovery(kube, DiscoveryOptions(namespace_selector="fleet=yes"))
+    for informer in (*discovery.informers, Informer(kube, leases_path("fleet-ns"), label_selector="a=b")):
+        await run_until_watching(api, informer)
+    assert covering(permissions, api.calls) == set(permissions)
+
+
+async def test_a_fleet_watching_one_namespace_needs_no_cluster_wide_rights() -> None:
+    api = RecordingApiClient()
+    permissions = fleet("fleet-ns", tenant_namespace="tenants")
+    assert all(p.namespace in ("tenants", "fleet-ns") for p in permissions)
+    kube = KubeTransport(api, permissions=permissions)  # type: ignore[arg-type]
+    for informer in TenantDiscovery(kube, DiscoveryOptions(namespace="tenants")).informers:
+        await run_until_watching(api, informer)
+    with pytest.raises(UndeclaredRequest, match="list secrets"):
+        await kube.request("GET", secrets_path())
+
+
+async def test_cluster_ref_reads_its_one_cloudsigmacluster_only() -> None:
+    api = RecordingApiClient()
+    permissions = cluster_ref("team-a", "prod-1")
+    kube = KubeTransport(api, permissions=permissions)  # type: ignore[arg-type]
+    follower = ClusterRefFollower(kube, "team-a", "prod-1")
+    await run_until_watching(api, follower.informer)
+    assert covering(permissions, api.calls) == set(permissions)
+    assert rbac_rules(permissions) == [{"apiGroups": [CLUSTERAPI_GROUP], "resources": ["cloudsigmaclusters"],
+                                        "resourceNames": ["prod-1"], "verbs": ["list", "watch"]}]
+    with pytest.raises(UndeclaredRequest):  # without the name selector: every cluster of the namespace
+        await kube.request("GET", clusters_path("team-a"))
+    with pytest.raises(UndeclaredRequest):
+        await kube.request("GET", clusters_path("team-a"), query={"fieldSelector": "metadata.name=other"})
