@@ -421,3 +421,64 @@ async def test_management_role_allows_only_its_own_lease(
         for name in (LEASE, "someone-else"):
             resp = await call(kube_api, "DELETE", f"{leases}/{name}")
             assert resp.status in (200, 404), resp
+
+
+# ------------------------------------------------------------------------------------------------ fleet
+
+
+FLEET_SELECTOR = REPO / "deploy" / "fleet" / "namespace-selector"
+FLEET_NAMESPACE = FLEET_SA = "cloudsigma-ccm-fleet"
+
+
+async def test_fleet_manifests_validate_and_grant_what_the_fleet_uses(
+        kube_api: ApiClient, kube_apiserver: KubeAPIServer) -> None:
+    """deploy/fleet (with the namespace selector, so every object): created with server-side dry-run in its
+    namespace (created for real, Pod Security "restricted" enforced), then its RBAC applied for real and checked as
+    its ServiceAccount: every permission the fleet declares, and nothing else."""
+    objects = render(FLEET_SELECTOR)
+    namespace = next(o for o in objects if o["kind"] == "Namespace")
+    resp = await create(kube_api, namespace, dry_run=False)
+    assert resp.status in (201, 409), resp
+    rbac = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                                "RoleBinding")]
+    for obj in rbac:
+        await delete(kube_api, obj)
+    for obj in objects:
+        if obj["kind"] == "Namespace":
+            continue
+        resp = await create(kube_api, obj, dry_run=True)
+        assert resp.status == 201, (obj["kind"], resp)
+        assert resp.warnings == [], (obj["kind"], resp.warnings)
+        assert contained(obj, resp.body), (obj["kind"], first_difference(obj, resp.body))
+    template = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fleet-pss", "namespace": FLEET_NAMESPACE},
+           "spec": template["spec"]}
+    resp = await call(kube_api, "POST", f"/api/v1/namespaces/{FLEET_NAMESPACE}/pods", body=pod,
+                      query=[("dryRun", "All"), ("fieldValidation", "Strict")])
+    assert resp.status == 201 and resp.warnings == [], resp
+    identity = kube_apiserver.kubeconfig(f"system:serviceaccount:{FLEET_NAMESPACE}:{FLEET_SA}",
+                                         ["system:serviceaccounts", f"system:serviceaccounts:{FLEET_NAMESPACE}"])
+    sa = await api_client_for(identity)
+    try:
+        for obj in rbac:
+            resp = await create(kube_api, obj, dry_run=False)
+            assert resp.status == 201, resp
+        await eventually(sa, True, "list", "cloudsigmaclusters", group=permissions.CLUSTERAPI_GROUP)
+        for p in permissions.fleet(FLEET_NAMESPACE, namespace_selector=True):
+            assert await can(sa, p.verb, p.resource, group=p.group, namespace=p.namespace or "",
+                             name=p.name or ""), p.label
+        denied = [
+            ("get", "secrets", {"namespace": "default", "name": "some-kubeconfig"}),
+            ("create", "secrets", {"namespace": "default"}), ("update", "secrets", {"namespace": "default"}),
+            ("update", "cloudsigmaclusters", {"group": permissions.CLUSTERAPI_GROUP, "namespace": "default"}),
+            ("create", "leases", {"group": "coordination.k8s.io", "namespace": "default"}),
+            ("list", "leases", {"group": "coordination.k8s.io", "namespace": "kube-system"}),
+            ("list", "nodes", {}), ("list", "pods", {}), ("create", "events", {"namespace": FLEET_NAMESPACE}),
+            ("get", "namespaces", {"name": "default"}), ("impersonate", "users", {}),
+        ]
+        for verb, resource, kwargs in denied:
+            assert not await can(sa, verb, resource, **kwargs), (verb, resource, kwargs)
+    finally:
+        await sa.close()
+        for obj in rbac:
+            await delete(kube_api, obj)

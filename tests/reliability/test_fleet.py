@@ -209,6 +209,11 @@ async def test_tenants_added_changed_and_removed_while_the_fleet_runs(
         assert (await node_labels(tenant_apis[1], "t2-fra"))["topology.kubernetes.io/region"] == "fra"
         assert (await node_labels(tenant_apis[1], "t2-node"))["topology.kubernetes.io/region"] == "zrh"
 
+        # Neither change touched another tenant: t3 was started once (t1 twice: its owner; t2 twice: its region).
+        starts = {key: sum(1 for r in group for e in r.events("tenant_started") if e.get("cluster") == key)
+                  for key in (t1, t2, t3)}
+        assert starts == {t1: 2, t2: 2, t3: 1}, starts
+
         # The kubeconfig Secret rotated (a new client certificate): writes from then on use it.
         await put_kubeconfig_secret(admin, ns, "t3",
                                     tenant_servers[2].kubeconfig("tenant-t3-v2", ["system:masters"]).read_bytes())
