@@ -90,14 +90,9 @@ class Announcer:
         return {"metadata": meta, "spec": spec}
 
     async def renew(self) -> bool:
-        """Renew (or create) the member Lease once; False (logged) when the API refused or did not answer.
-
-        Read first, write only after the read answered: a replica whose requests reach the API server but whose
-        answers do not (a hung connection or proxy) must stop announcing itself, or the others would keep it
-        "live" — and its tenants assigned to it — while it can no longer hold their Leases."""
+        """Renew (or create) the member Lease once; False (logged) when the API refused or did not answer."""
         try:
             try:
-                await self._kube.request("GET", self._path)
                 await self._kube.request("PATCH", self._path, body=self._body(create=False),
                                          content_type="application/merge-patch+json")
             except KubeNotFound:  # first start, or garbage-collected while we were cut off

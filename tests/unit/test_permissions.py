@@ -237,13 +237,13 @@ async def test_the_fleet_list_is_exactly_what_the_code_sends() -> None:
     api = RecordingApiClient()
     permissions = fleet("fleet-ns", namespace_selector=True)
     kube = KubeTransport(api, permissions=permissions)  # type: ignore[arg-type]
-    announcer = Announcer(kube, namespace="fleet-ns", fleet="f", identity="me", lease_duration=15, renew_interval=5)
-    assert await announcer.renew()  # GET 404, POST
-    assert await announcer.renew()  # GET, PATCH
-    await announcer.leave()  # DELETE
     elector = LeaseElector(kube, name=tenant_lease_name("f", "team/c1"), namespace="fleet-ns", identity="me",
                            lease_duration=15, renew_deadline=10, retry_period=2, labels={"l": "v"})
+    assert await elector.try_acquire_or_renew()  # GET 404, POST
     assert await elector.try_acquire_or_renew()  # GET, PUT
+    announcer = Announcer(kube, namespace="fleet-ns", fleet="f", identity="me", lease_duration=15, renew_interval=5)
+    assert await announcer.renew()  # PATCH
+    await announcer.leave()  # DELETE
     discovery = TenantDiscovery(kube, DiscoveryOptions(namespace_selector="fleet=yes"))
     for informer in (*discovery.informers, Informer(kube, leases_path("fleet-ns"), label_selector="a=b")):
         await run_until_watching(api, informer)
