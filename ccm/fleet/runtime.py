@@ -154,6 +154,7 @@ class TenantRuntime:
             self._changed.clear()
             spec = self.spec
             parts: Components | None = None
+            started = time.monotonic()
             try:
                 parts = await self._build(spec)
                 self.parts = parts
@@ -167,6 +168,8 @@ class TenantRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if time.monotonic() - started > MAX_BACKOFF:
+                    backoff = INITIAL_BACKOFF  # it ran well for a while: a new episode, not the same one
                 self._failed(exc, backoff)
             finally:
                 self.parts = None

@@ -2,7 +2,10 @@
 
 Faults:
 - ``watcher-dies``: the node watcher lists the nodes, watches for 2 s, then raises an exception its own retry loop
-  does not catch (a bug, not an API error) — the case the supervisor exists for.
+  does not catch (a bug, not an API error) — the case the supervisor exists for. In fleet mode every tenant's
+  watcher does: a tenant's failure, which the fleet contains.
+- ``discovery-dies``: fleet mode; tenant discovery lists, runs for 2 s, then raises — the fleet machinery itself
+  broken, which ends the replica.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import structlog
 from ccm import cli
 from ccm.kube import watching
 
-FAULTS = ("watcher-dies",)
+FAULTS = ("watcher-dies", "discovery-dies")
 
 
 def _watcher_dies() -> None:
@@ -34,12 +37,32 @@ def _watcher_dies() -> None:
     watching.NodeWatcher.run = run  # type: ignore[method-assign]
 
 
+def _discovery_dies() -> None:
+    from ccm.fleet import discovery
+
+    original = discovery.TenantDiscovery.run
+
+    async def run(self: discovery.TenantDiscovery) -> None:
+        task = asyncio.ensure_future(original(self))
+        try:
+            await self.synced.wait()
+            await asyncio.sleep(2.0)
+        finally:
+            task.cancel()
+        structlog.get_logger("tests.faulty").warning("injected_fault", fault="discovery-dies")
+        raise RuntimeError("injected fault: tenant discovery crashed")
+
+    discovery.TenantDiscovery.run = run  # type: ignore[method-assign]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in FAULTS:
         print(f"usage: python -m tests.reliability.faulty {{{','.join(FAULTS)}}} [args]", file=sys.stderr)
         return 2
     if argv[0] == "watcher-dies":
         _watcher_dies()
+    elif argv[0] == "discovery-dies":
+        _discovery_dies()
     return cli.main(argv[1:])
 
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -122,8 +123,9 @@ class FleetReplica:
     """One ``cloudsigma-ccm --mode fleet`` process with its own management identity and proxy."""
 
     def __init__(self, name: str, management: KubeAPIServer, emulator: EmulatorServer, tmp: Path, *, fleet: str,
-                 tenant_namespace: str, **settings: str) -> None:
+                 tenant_namespace: str, fault: str | None = None, **settings: str) -> None:
         self.name = self.identity = name
+        self.fault = fault
         self.management = management
         self.user = f"fleet-{name}"
         self.proxy = HoldingProxy(management.port)
@@ -152,8 +154,9 @@ class FleetReplica:
         await self.proxy.start()
         self.kubeconfig.write_text(self.management.fresh_kubeconfig_text(self.user, ["system:masters"],
                                                                          server=self.proxy.url))
+        command = [sys.executable, "-m", "tests.reliability.faulty", self.fault] if self.fault else [ccm_binary()]
         with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(ccm_binary(), env=self.env, stdout=log, stderr=log,
+            self.proc = await asyncio.create_subprocess_exec(*command, env=self.env, stdout=log, stderr=log,
                                                              cwd=str(registry.ROOT))
 
     @property
@@ -199,6 +202,10 @@ class FleetReplica:
 
     def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
         return [e for e in self.lines() if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
 
     def kill(self) -> None:
         assert self.proc is not None

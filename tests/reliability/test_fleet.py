@@ -596,3 +596,69 @@ async def _grant_cluster_ref(admin: KubeTransport, namespace: str, name: str, us
     await admin.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", body=role)
     await admin.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
                         body=binding)
+
+
+# ------------------------------------------------------------------------------------------- supervision
+
+
+async def test_a_failing_tenant_is_contained_but_the_fleet_machinery_dying_ends_the_replica(
+        people: EmulatorState, emulator: EmulatorServer, management: KubeAPIServer, admin: KubeTransport,
+        tenant_servers: list[KubeAPIServer], tenant_apis: list[ApiClient], tmp_path: Path) -> None:
+    registry.record(
+        "fault/process", "a tenant's controllers crash, then the fleet machinery itself crashes",
+        injected="fleet replicas run under `python -m tests.reliability.faulty`: (1) every tenant's node watcher "
+                 "raises an exception its retry loop does not catch, 2 s after each start; (2) tenant discovery "
+                 "does, 2 s after its first list",
+        verified="(1) the replica keeps running: each failure is logged (`tenant_failed`), counted, shown by "
+                 "/debug/tenants and retried with backoff, and a node registered meanwhile is initialized; (2) the "
+                 "replica logs `ccm_task_ended` naming tenant-discovery and exits 1 within 5 s, handing its tenants "
+                 "back, and the other replica serves them well within a lease duration",
+        faults=2, nodes_checked=2)
+    ns, fleet = unique("fleet-sup"), unique("fs")[:16]
+    await ensure_namespace(admin, ns)
+    keys = [f"{ns}/s1", f"{ns}/s2"]
+    for i, key in enumerate(keys):
+        await add_tenant(admin, ns, key.split("/")[1], tenant_servers[i], ALICE)
+    server_for(people, ALICE, "contained-node", "after-crash-node")
+    # (1) One replica whose tenants' watchers keep dying: contained.
+    crashing = FleetReplica("c1", management, emulator, tmp_path, fleet=fleet, tenant_namespace=ns,
+                            fault="watcher-dies")
+    async with fleet_replicas(crashing):
+        await crashing.start()
+        await wait_for(lambda: _serves(crashing, set(keys)), 30, message="the tenants served")
+        await register_node(tenant_apis[0], "contained-node")
+        await wait_initialized(tenant_apis[0], "contained-node", 30)
+        await wait_for(lambda: all(len(crashing.events("tenant_failed", cluster=key)) >= 2 for key in keys), 30,
+                       message="every tenant failed and was retried")
+        rows = {row["tenant"]: row for row in (await crashing.tenants())["tenants"]}
+        failures = await crashing.metric("cloudsigma_ccm_tenant_failures_total")
+        alive = crashing.alive
+    assert alive, "a tenant's failure ended the replica"
+    assert all(rows[key]["status"]["failures"] >= 2 for key in keys), rows
+    assert failures >= 4
+    failed = crashing.events("tenant_failed")
+    assert all("node-watcher" in e["error"] and e["level"] == "warning" for e in failed), failed[:3]
+    assert [e["retry_in"] for e in failed if e.get("cluster") == keys[0]][:2] == [1.0, 2.0]  # backing off
+
+    # (2) The fleet machinery dies: the replica exits 1 and its tenants move at once.
+    dying = FleetReplica("d1", management, emulator, tmp_path, fleet=fleet, tenant_namespace=ns,
+                         fault="discovery-dies")
+    other = FleetReplica("d2", management, emulator, tmp_path, fleet=fleet, tenant_namespace=ns)
+    async with fleet_replicas(dying, other):
+        await dying.start()
+        await wait_for(lambda: _serves(dying, set(keys)), 30, message="the dying replica serving both tenants")
+        await other.start()
+        await wait_for(lambda: bool(dying.events("injected_fault")), 30, message="the injected fault")
+        fault_at = time.monotonic()
+        code = await dying.wait(30)
+        exited_after = time.monotonic() - fault_at
+        await wait_for(lambda: _serves(other, set(keys)), LEASE, message="the other replica serving both")
+        moved_after = time.monotonic() - fault_at
+        await register_node(tenant_apis[1], "after-crash-node")
+        await wait_initialized(tenant_apis[1], "after-crash-node", 30)
+        ended = dying.events("ccm_task_ended")
+    print(f"\nfleet machinery died: exit {code} {exited_after:.1f} s after the fault, tenants served by the other "
+          f"replica {moved_after:.1f} s after it")
+    assert code == 1 and exited_after < 5
+    assert ended and ended[0]["task"] == "tenant-discovery" and ended[0]["level"] == "error", ended
+    assert moved_after < LEASE
