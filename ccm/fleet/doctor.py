@@ -42,12 +42,14 @@ class TenantRow:
     last_error: str | None = None
     problem: str | None = None
     state: str | None = None
+    synced: bool = False
     data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return (self.problem is None and self.owner is not None and self.credentials != "failing"
-                and self.state != "failing")
+        """Served by a live replica, its nodes listed, its credentials and controllers working."""
+        return (self.problem is None and self.owner is not None and self.state == "running" and self.synced
+                and not self.credentials.startswith("failing"))
 
 
 def _renewed(spec: dict[str, Any]) -> float | None:
@@ -119,6 +121,7 @@ async def collect_tenants(settings: Settings, kube: KubeTransport, *, namespace:
             status = None
         if isinstance(status, dict) and row.owner is not None:
             row.state = status.get("state")
+            row.synced = bool(status.get("synced"))
             row.nodes, row.uninitialized = status.get("nodes"), status.get("uninitialized")
             row.last_sync = status.get("last_sync")
             credentials = status.get("credentials") or {}

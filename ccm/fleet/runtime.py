@@ -32,7 +32,7 @@ from ccm.fencing import Fence, Fenced
 from ccm.fleet.shared import CredentialUsers
 from ccm.fleet.tenants import TenantSpec, kubeconfig_dict
 from ccm.kube.clients import KubeconfigError, api_client_from_dict
-from ccm.kube.errors import KubeError
+from ccm.kube.errors import Conflict, KubeError
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.metrics import Metrics
 from cloudsigma.client import USER_AGENT
@@ -59,7 +59,9 @@ class TenantTransport(KubeTransport):
         self.last_ok: float | None = None
 
     def _note(self, exc: KubeError) -> None:
-        if not isinstance(exc, Fenced):  # refused by our own fence: not the tenant's problem
+        # Refused by our own fence, or a 409 of a write guarded by resourceVersion (re-read and decided again):
+        # part of normal work, not the tenant's problem.
+        if not isinstance(exc, Fenced | Conflict):
             self.last_error = (time.time(), _describe(exc))
 
     async def request(self, method: str, path: str, **kwargs: Any) -> JSON:

@@ -26,6 +26,7 @@ import yaml
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.fleet.manager import tenant_lease_name
+from ccm.fleet.sharding import capacity
 from ccm.kube.transport import KubeTransport
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
 from tests.integration.harness import ALICE, BOB
@@ -483,13 +484,20 @@ async def test_one_tenants_trouble_never_delays_another_tenants_nodes(
             await asyncio.sleep(4)  # let the troubled tenants fail visibly (HTTP timeout 3 s)
             view = await group[0].tenants()
             doctor = await _doctor(group[0], management, tmp_path)
+            doctor_json = json.loads((await _doctor_json(group[0]))[1])
+            served = [await r.served() for r in group]
+            rss = [_rss_mib(r) for r in group]
     finally:
         await hold.stop()
     rows = {row["tenant"].split("/", 1)[1]: row for row in view["tenants"]}
     print(f"\nhealthy nodes initialized after registration: max {max(latencies):.2f} s, "
           f"median {statistics.median(latencies):.2f} s ({len(latencies)} nodes)")
+    print(f"replica RSS {rss} MiB serving {[len(s) for s in served]} tenants; doctor --all-tenants:\n{doctor[1]}")
     assert max(latencies) < 3, latencies
     assert set(rows) == {*troubled, "a-refused", *healthy}
+    # Six tenants can be served (a-exec cannot), two replicas: at most ⌈6/2⌉+1 = 4 each, all served, none twice.
+    assert not served[0] & served[1] and len(served[0] | served[1]) == 6
+    assert all(len(s) <= capacity(6, 2) for s in served), served
     assert "exec plugin" in rows["a-exec"]["problem"] or "credential plugin" in rows["a-exec"]["problem"]
     for name in ("a-hangs", "a-garbled", "a-forbidden", "a-refused"):
         assert rows[name]["owner"] in ("r1", "r2"), rows[name]
@@ -500,16 +508,36 @@ async def test_one_tenants_trouble_never_delays_another_tenants_nodes(
     assert rows["a-refused"]["status"]["credentials"]["state"] == "failing", rows["a-refused"]
     code, text = doctor
     assert code == 1, text
+    verdicts = {row["tenant"].split("/", 1)[1]: row["ok"] for row in doctor_json["tenants"]}
+    assert verdicts == {**dict.fromkeys((*troubled, "a-refused"), False), **dict.fromkeys(healthy, True)}, verdicts
+    assert {row["tenant"].split("/", 1)[1]: row["owner"] for row in doctor_json["tenants"]}["h1"] in ("r1", "r2")
+    assert "5 tenant(s) need attention" in text
     for name in (*troubled, "a-refused", *healthy):
         assert f"{ns}/{name}" in text
     registry.add_text(f"doctor --all-tenants ({registry.current_nodeid()})", text)
     check_exclusion(management, fleet, {f"{ns}/h1": tenant_servers[0], f"{ns}/h2": tenant_servers[1]}, group, since)
 
 
+def _rss_mib(replica: FleetReplica) -> float:
+    assert replica.proc is not None
+    for line in Path(f"/proc/{replica.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def _error(row: dict[str, Any]) -> str:
     status = row.get("status") or {}
     error = status.get("last_error") or {}
     return str(error.get("error") or "")
+
+
+async def _doctor_json(replica: FleetReplica) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(ccm_binary(), "doctor", "--all-tenants", "--output", "json",
+                                                env=replica.env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
 
 
 async def _doctor(replica: FleetReplica, management: KubeAPIServer, tmp: Path) -> tuple[int, str]:
