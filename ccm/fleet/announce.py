@@ -90,9 +90,15 @@ class Announcer:
         return {"metadata": meta, "spec": spec}
 
     async def renew(self) -> bool:
-        """Renew (or create) the member Lease once; False (logged) when the API refused or did not answer."""
+        """Renew (or create) the member Lease once; False (logged) when the API refused or did not answer.
+
+        Read first, write only after the read answered: a replica whose requests still reach the API server but
+        whose answers do not (a connection that hangs after it was opened) must stop announcing itself. A blind
+        PATCH would land — its answer lost — and keep the replica "live" to the others, and its tenants assigned
+        to it, for another renewal interval after it could no longer hold their Leases."""
         try:
             try:
+                await self._kube.request("GET", self._path)
                 await self._kube.request("PATCH", self._path, body=self._body(create=False),
                                          content_type="application/merge-patch+json")
             except KubeNotFound:  # first start, or garbage-collected while we were cut off

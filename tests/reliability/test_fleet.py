@@ -388,8 +388,10 @@ async def test_tenants_move_when_a_replica_is_cut_off_comes_back_and_dies(
     }
     print("\n" + "\n".join(f"{k}: {v}" for k, v in figures.items()))
     assert len(cut_takeovers) == len(mine) and len(handbacks) == len(mine) and len(kill_takeovers) == len(mine)
-    # Taken over as soon as the Lease expires: a lease duration after the last renewal, plus a retry period or two.
-    assert all(t < LEASE + 4 * RETRY for t in cut_takeovers + kill_takeovers), figures
+    # Taken over as soon as the Lease expires: a lease duration after the last renewal, plus a retry period or two
+    # (and the load of a 2-core machine running the whole suite: 1.5 lease durations; waiting for a whole duration
+    # from a first look instead, as an elector without the watch's observations does, takes two).
+    assert all(t < LEASE * 1.5 for t in cut_takeovers + kill_takeovers), figures
     # Handed back: released at once, taken within a retry period — far less than a lease duration unserved.
     assert all(t < LEASE / 2 for t in handbacks), figures
     assert max(latencies) < LEASE + 4, figures
@@ -397,6 +399,11 @@ async def test_tenants_move_when_a_replica_is_cut_off_comes_back_and_dies(
     registry.lost(len(lost))
     assert not lost
     check_exclusion(management, fleet, dict(zip(keys, tenant_servers, strict=True)), group, since)
+    # Cut off, nothing it sent to the management API landed any more: no Lease of it (its member Lease included)
+    # renewed behind its back by a write whose answer it never saw — which would keep it "live" to the others.
+    landed = [w for w in audit(management) if users.get(w.user) == cut.identity and cut_at + 0.5 < w.received
+              < healed_at]
+    assert not landed, [(w.verb, w.name, round(w.received - cut_at, 3)) for w in landed]
     # Cut off, it stopped writing (fenced) before the other replica could take its tenants over.
     for key in mine:
         server = tenant_servers[keys.index(key)]

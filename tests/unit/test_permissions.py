@@ -242,7 +242,7 @@ async def test_the_fleet_list_is_exactly_what_the_code_sends() -> None:
     assert await elector.try_acquire_or_renew()  # GET 404, POST
     assert await elector.try_acquire_or_renew()  # GET, PUT
     announcer = Announcer(kube, namespace="fleet-ns", fleet="f", identity="me", lease_duration=15, renew_interval=5)
-    assert await announcer.renew()  # PATCH
+    assert await announcer.renew()  # GET, PATCH
     await announcer.leave()  # DELETE
     discovery = TenantDiscovery(kube, DiscoveryOptions(namespace_selector="fleet=yes"))
     for informer in (*discovery.informers, Informer(kube, leases_path("fleet-ns"), label_selector="a=b")):
