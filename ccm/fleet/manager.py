@@ -292,15 +292,16 @@ class FleetManager:
         families.fleet_tenants.labels("served").set(sum(1 for s in self.slots.values() if s.state == "serving"))
         families.fleet_members.set(len(live))
 
-    async def _release(self, slot: TenantSlot, *, removed: bool) -> None:
+    async def _release(self, slot: TenantSlot, *, removed: bool, drain: float | None = None,
+                       reason: str | None = None) -> None:
         structlog.contextvars.bind_contextvars(cluster=slot.key)
         started = time.monotonic()
         try:
-            await slot.release(min(HANDOVER_DRAIN, self.settings.shutdown_timeout))
+            await slot.release(min(HANDOVER_DRAIN, self.settings.shutdown_timeout) if drain is None else drain)
             if removed:
                 with contextlib.suppress(KubeError):
                     await self._ctx.kube.request("DELETE", f"{leases_path(self.namespace)}/{slot.lease_name}")
-            log.info("tenant_released", reason="removed" if removed else "handed over",
+            log.info("tenant_released", reason=reason or ("removed" if removed else "handed over"),
                      seconds=round(time.monotonic() - started, 3))
         except Exception:
             log.exception("tenant_release_failed")
@@ -362,8 +363,8 @@ class FleetManager:
         self._stopping = True
         slots, self.slots = list(self.slots.values()), {}
         log.info("fleet_stopping", tenants=len(slots), releasing=len(self._releasing))
-        await asyncio.gather(*(slot.release(drain) for slot in slots), *self._releasing.values(),
-                             return_exceptions=True)
+        await asyncio.gather(*(self._release(slot, removed=False, drain=drain, reason="stopping") for slot in slots),
+                             *self._releasing.values(), return_exceptions=True)
 
     # -- what it looks like --------------------------------------------------------------------------------------
 
