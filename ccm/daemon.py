@@ -19,6 +19,9 @@ import structlog
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
+from ccm.cloudlabels.sources import LabelSources
+from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
+from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.config import Settings
 from ccm.csr.controller import CSRController
 from ccm.health import HealthState, create_app, start_server
@@ -105,8 +108,11 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
         retry=RetryPolicy(attempts=settings.api_retry_attempts), page_size=settings.api_page_size,
         on_request=metrics.observe_request,
     )
+    label_policy = policy_from_settings(settings)
+    label_sources = LabelSources(client, label_policy)
     cache = ServerCache(client, max_age=settings.server_cache_max_age,
-                        on_refresh=lambda _: metrics.snapshot_refreshes.inc())
+                        on_refresh=lambda _: metrics.snapshot_refreshes.inc(),
+                        extras=label_sources if label_sources.needed else None)
     tenant = await api_client(settings.kubeconfig)
     kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc())
     watcher = NodeWatcher(kube, watch_timeout=settings.watch_timeout,
@@ -120,9 +126,13 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
                                    cluster_name=settings.cluster_name,
                                    use_system_uuid=settings.node_lookup_by_system_uuid,
                                    lookup=settings.server_lookup),
+        labels=CloudLabels(label_policy),
     )
     controller = NodeController(watcher, reconciler, workers=settings.concurrent_node_syncs,
                                 resync_period=settings.node_status_update_frequency, metrics=metrics)
+    # Cloud labels follow a changed server at the next snapshot refresh, not only at the node's next resync.
+    cache.add_refresh_listener(RelabelOnRefresh(label_policy, nodes=lambda: list(watcher.store.values()),
+                                                enqueue=controller.queue.add))
     lifecycle = LifecycleController(
         nodes=lambda: list(watcher.store.values()), kube=kube, cache=cache, client=client, applier=applier,
         events=events, metrics=metrics, primary_provider=settings.credential_chain[0],

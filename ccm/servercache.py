@@ -5,13 +5,18 @@ Reconciling 1,000 nodes must not mean 1,000 API calls: every lookup is answered 
 told "not found"; concurrent refreshes are coalesced into one request (single-flight).
 
 A snapshot answer is never proof that a server is gone: deletion needs a direct GET (see lifecycle).
+
+With each listing the cache may fetch *extras* (tag names, host groups: see :mod:`ccm.cloudlabels.sources`),
+once per snapshot and concurrently with the listing; their failure never fails the listing (the snapshot then
+says "unknown" for them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -20,6 +25,16 @@ from cloudsigma.client import CloudSigmaClient, ServerList
 from cloudsigma.models import Server
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotExtras:
+    """Facts fetched once per snapshot besides the servers. None: not fetched, or the call failed this round."""
+
+    #: tag uuid → tag name (``GET /tags/``).
+    tag_names: Mapping[str, str] | None = None
+    #: server uuid → id of the physical host group it runs in (``GET /servers/availability_groups/``).
+    host_groups: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -33,9 +48,13 @@ class ServerSnapshot:
     provider: str | None = None
     by_uuid: dict[str, Server] = field(default_factory=dict, repr=False)
     by_name: dict[str, tuple[Server, ...]] = field(default_factory=dict, repr=False)
+    #: tag uuid → name, and server uuid → host group id, fetched with this listing (None: unknown).
+    tag_names: Mapping[str, str] | None = field(default=None, repr=False)
+    host_groups: Mapping[str, str] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_list(cls, listing: ServerList, fetched_at: float) -> ServerSnapshot:
+    def from_list(cls, listing: ServerList, fetched_at: float,
+                  extras: SnapshotExtras | None = None) -> ServerSnapshot:
         by_uuid: dict[str, Server] = {}
         by_name: dict[str, list[Server]] = {}
         for server in listing.servers:
@@ -45,6 +64,7 @@ class ServerSnapshot:
             servers=listing.servers, fetched_at=fetched_at, complete=listing.complete,
             request_ids=listing.request_ids, provider=listing.provider, by_uuid=by_uuid,
             by_name={k: tuple(v) for k, v in by_name.items()},
+            tag_names=extras.tag_names if extras else None, host_groups=extras.host_groups if extras else None,
         )
 
     def age(self, now: float | None = None) -> float:
@@ -56,8 +76,12 @@ class ServerCache:
 
     def __init__(self, client: CloudSigmaClient, *, max_age: float = 10.0, stale_factor: float = 3.0,
                  clock: Callable[[], float] = time.monotonic,
-                 on_refresh: Callable[[ServerSnapshot], None] | None = None) -> None:
+                 on_refresh: Callable[[ServerSnapshot], None] | None = None,
+                 extras: Callable[[], Awaitable[SnapshotExtras]] | None = None) -> None:
         self._client = client
+        #: Fetches the extras of one snapshot (at most once per refresh); must not raise.
+        self._extras = extras
+        self._refresh_listeners: list[Callable[[ServerSnapshot], None]] = []
         self.max_age = max_age
         #: A snapshot up to ``max_age * stale_factor`` old still answers *hits* while a refresh runs in the
         #: background (stale-while-revalidate); older ones block. Misses always wait for a fresh listing.
@@ -72,6 +96,10 @@ class ServerCache:
     @property
     def current(self) -> ServerSnapshot | None:
         return self._snapshot
+
+    def add_refresh_listener(self, listener: Callable[[ServerSnapshot], None]) -> None:
+        """``listener(snapshot)`` is called after every successful refresh (it must be quick)."""
+        self._refresh_listeners.append(listener)
 
     async def get(self, *, max_age: float | None = None) -> ServerSnapshot:
         """A snapshot no older than ``max_age`` (default: the cache's), refreshing if needed."""
@@ -114,12 +142,13 @@ class ServerCache:
         self._inflight = future
         try:
             started = self._clock()
-            listing = await self._client.list_servers(detail=True)
-            snapshot = ServerSnapshot.from_list(listing, fetched_at=started)
+            listing, extras = await self._list_with_extras()
+            snapshot = ServerSnapshot.from_list(listing, fetched_at=started, extras=extras)
             self._snapshot = snapshot
             self.refreshes += 1
             if self._on_refresh is not None:
                 self._on_refresh(snapshot)
+            self._tell_listeners(snapshot)
             log.debug("server_snapshot_refreshed", servers=len(snapshot.servers), complete=snapshot.complete,
                       request_ids=list(snapshot.request_ids), credential_provider=snapshot.provider)
             future.set_result(snapshot)
@@ -133,3 +162,28 @@ class ServerCache:
             raise
         finally:
             self._inflight = None
+
+    async def _list_with_extras(self) -> tuple[ServerList, SnapshotExtras | None]:
+        """The listing, and the extras fetched concurrently with it (never failing the listing)."""
+        if self._extras is None:
+            return await self._client.list_servers(detail=True), None
+        extras = asyncio.ensure_future(self._extras())
+        try:
+            listing = await self._client.list_servers(detail=True)
+        except BaseException:
+            extras.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await extras
+            raise
+        try:
+            return listing, await extras
+        except Exception:  # a bug in a source must not cost the listing
+            log.exception("snapshot_extras_failed")
+            return listing, None
+
+    def _tell_listeners(self, snapshot: ServerSnapshot) -> None:
+        for listener in self._refresh_listeners:
+            try:
+                listener(snapshot)
+            except Exception:  # a listener must never break a refresh
+                log.exception("refresh_listener_failed")

@@ -28,7 +28,7 @@ async def patch_node(
     name: str,
     *,
     resource_version: str,
-    labels: dict[str, str] | None = None,
+    labels: dict[str, str | None] | None = None,
     annotations: dict[str, str | None] | None = None,
     provider_id: str | None = None,
     taints: list[dict[str, Any]] | None = None,

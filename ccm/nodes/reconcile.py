@@ -16,12 +16,13 @@ from typing import Any
 
 import structlog
 
+from ccm.cloudlabels.sync import CloudLabels
 from ccm.kube.errors import KubeError
 from ccm.kube.events import EventRecorder
 from ccm.kube.transport import JSON
 from ccm.metrics import Metrics
 from ccm.nodes.apply import NodeApplier
-from ccm.nodes.decide import NodePlan, plan_initialization, plan_resync
+from ccm.nodes.decide import NodePlan, plan_initialization, plan_resync, with_label_change
 from ccm.nodes.labels import INSTANCE_TYPE
 from ccm.nodes.matching import Match, MatchKind, describe_candidates, match_server
 from ccm.nodes.view import NodeView, node_view
@@ -74,6 +75,7 @@ class NodeReconciler:
         events: EventRecorder,
         metrics: Metrics,
         settings: ReconcileSettings,
+        labels: CloudLabels | None = None,
     ) -> None:
         self._store = store
         self._observe = observe
@@ -83,12 +85,16 @@ class NodeReconciler:
         self._events = events
         self._metrics = metrics
         self._s = settings
+        #: Cloud labels (meta, tags, host group) kept in sync with every plan; None: not managed.
+        self._labels = labels
         self._synced_uids: set[str] = set()
 
     async def reconcile(self, name: str) -> Outcome:
         started = time.monotonic()
         node = self._store(name)
         if node is None:
+            if self._labels is not None:
+                self._labels.forget(name)
             return Outcome(Result.GONE, "node deleted")
         view = node_view(node)
         bound = log.bind(node=name, cluster=self._s.cluster_name or None, cs_user=self._s.user_email,
@@ -151,8 +157,10 @@ class NodeReconciler:
 
         def replan(fresh: NodeView) -> NodePlan:
             if fresh.uninitialized:
-                return plan_initialization(fresh, server, region=self._s.region, zone=self._s.zone, ipv6=self._s.ipv6)
-            return plan_resync(fresh, server, ipv6=self._s.ipv6)
+                plan = plan_initialization(fresh, server, region=self._s.region, zone=self._s.zone, ipv6=self._s.ipv6)
+            else:
+                plan = plan_resync(fresh, server, ipv6=self._s.ipv6)
+            return self._with_cloud_labels(fresh, server, snapshot, plan)
 
         plan = replan(view)
         if plan.blocked:
@@ -189,8 +197,20 @@ class NodeReconciler:
             )
             return Outcome(Result.SYNCED, "initialized", fields=fields)
         if result.writes:
-            return Outcome(Result.SYNCED, "addresses updated", fields=fields)
+            if result.plan.labels or result.plan.annotations:
+                fields["labels_changed"] = dict(result.plan.labels)
+            return Outcome(Result.SYNCED, _updated(result.writes, result.plan), fields=fields)
         return Outcome(Result.UNCHANGED, "in sync", fields=fields)
+
+    def _with_cloud_labels(self, view: NodeView, server: Server, snapshot: ServerSnapshot,
+                           plan: NodePlan) -> NodePlan:
+        """``plan`` plus the change that keeps the node's cloud labels in sync with ``server`` (same patch)."""
+        if self._labels is None:
+            return plan
+        desired = self._labels.desired(server, snapshot)
+        change = self._labels.change(view, desired)
+        self._labels.report(view.name, server.uuid, desired, change)
+        return with_label_change(plan, change.labels, change.annotations)
 
     async def _unmatched(self, node: JSON, view: NodeView, match: Match, snapshot: ServerSnapshot) -> Outcome:
         fields: dict[str, Any] = {"servers_seen": len(snapshot.servers),
@@ -251,3 +271,13 @@ class NodeReconciler:
         # Visible to a direct GET but not in the listing (listing lag): use it.
         return await self._sync(node, view, server, Match(MatchKind.FOUND, server=server, via="providerID"),
                                 ServerSnapshot(servers=(server,), fetched_at=time.monotonic(), complete=False))
+
+
+def _updated(writes: int, plan: NodePlan) -> str:
+    """What a resync wrote: the status write (addresses) comes first, the metadata patch second."""
+    what = []
+    if writes > int(plan.writes_spec):
+        what.append("addresses")
+    if plan.labels or plan.annotations:
+        what.append("labels")
+    return " and ".join(what or ["node"]) + " updated"
