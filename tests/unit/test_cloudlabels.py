@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ccm.cloudlabels.decide import (
     HOST,
@@ -14,6 +16,7 @@ from ccm.cloudlabels.decide import (
     DesiredLabels,
     LabelPolicy,
     desired_cloud_labels,
+    family,
     label_change,
     managed_keys,
     matches,
@@ -209,3 +212,40 @@ def test_applying_the_change_converges() -> None:
 
 def test_managed_keys_only_counts_our_families() -> None:
     assert managed_keys(ann(M + "a", " ", "team", HOST_GROUP, "node.cloudsigma.com/other")) == {M + "a", HOST_GROUP}
+
+
+# ------------------------------------------------------------------------------------------- properties
+
+_KEYS = st.sampled_from([M + "pool", M + "cluster", T + "gpu", T + "x", HOST_GROUP, "team", "kubernetes.io/os",
+                         "node.cloudsigma.com/other"])
+_VALUES = st.sampled_from(["a", "b", "", "true"])
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(labels=st.dictionaries(_KEYS, _VALUES), listed=st.sets(_KEYS), wanted=st.dictionaries(_KEYS, _VALUES),
+       unknown=st.sets(st.sampled_from([TAG, HOST, "meta"])))
+def test_label_change_properties(labels: dict[str, str], listed: set[str], wanted: dict[str, str],
+                                 unknown: set[str]) -> None:
+    """Whatever the node and the desire: only labels the CCM set (or now sets on a free key) change, unknown
+    families stay as they are, and one application converges."""
+    wanted = {k: v for k, v in wanted.items() if family(k) is not None}  # what desired_cloud_labels can give
+    annotations = {MANAGED_ANNOTATION: ",".join(sorted(listed))} if listed else {}
+    want = DesiredLabels(labels=wanted, unknown=frozenset(unknown))
+    change = label_change(labels, annotations, want)
+    ours_before = managed_keys(annotations)
+    for key in change.labels:
+        assert key in ours_before or (key in wanted and key not in labels)  # never someone else's label
+    for key, value in change.labels.items():
+        if value is None:
+            assert family(key) not in unknown and key not in wanted
+    after = dict(labels)
+    after_ann = dict(annotations)
+    for store, patch in ((after, change.labels), (after_ann, change.annotations)):
+        for key, value in patch.items():
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+    assert label_change(after, after_ann, want).empty
+    for key in labels.keys() - ours_before:
+        assert after.get(key) == labels[key]
