@@ -75,6 +75,10 @@ async def test_meta_and_tags_are_mirrored_and_follow_changes(
         assert ours(node)[M + "zone"] == "set-by-hand"  # never touched
         assert node["metadata"]["labels"]["team"] == "ops"
         assert managed(node) == {M + "pool", T + "team-a", T + "team-b", HOST_GROUP}
+        await asyncio.sleep(0.5)
+        writes = dict(ccm.parts.kube.writes)
+        await asyncio.sleep(2.5)  # a couple of resyncs with nothing changed: no writes
+        assert ccm.parts.kube.writes == writes
 
         # Everything gone from the server: every label the CCM set goes, and its annotation with it.
         world.set_server_meta(srv["uuid"], {})
