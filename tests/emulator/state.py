@@ -509,11 +509,11 @@ class EmulatorState:
         """``GET /servers/availability_groups/``: running servers sharing a host; non-running servers are in none."""
         running = [s["uuid"] for s in self.servers.values()
                    if s["owner"]["uuid"] == user_uuid and s["status"] == "running"]
-        if self.availability_groups_per_server:
-            return [self.availability_group_of(u) for u in running]
-        by_host: dict[str, list[str]] = {}
+        by_host: dict[str | None, list[str]] = {}
         for srv_uuid in running:
-            by_host.setdefault(self.hosts.get(srv_uuid, srv_uuid), []).append(srv_uuid)
+            by_host.setdefault(self.hosts.get(srv_uuid), []).append(srv_uuid)
+        if self.availability_groups_per_server:
+            return [list(by_host[self.hosts.get(u)]) for u in running]
         return list(by_host.values())
 
     # ----------------------------------------------------------------------------------------- IPs
@@ -838,7 +838,8 @@ class EmulatorState:
 
         Server entries: ``owner`` (email), ``name``, optional ``status/cpu/smp/mem/uuid/meta/tags/host`` and ``nics``
         (``{"type": "dhcp"|"static"|"manual"|"vlan"|"ipv6", "ip": "1.2.3.4"|"auto", "ip_v6": ..., "vlan": ...}``);
-        ``count: N`` creates N servers named ``{name}-{i}`` (use ``"ip": "auto"`` with it). Tag entries:
+        ``count: N`` creates N servers named ``{name}-{i}`` (use ``"ip": "auto"`` with it; ``"hosts": K`` spreads
+        them over K physical hosts ``host-{i % K}``). Tag entries:
         ``{"name", "uuid", "owner"}`` (servers' ``tags`` list their uuids).
         """
         settings = data.get("settings", {})
@@ -869,7 +870,8 @@ class EmulatorState:
                                 nics=[_seed_nic(n) for n in s.get("nics", [])], cpu=int(s.get("cpu", 2000)),
                                 smp=int(s.get("smp", 1)), mem=int(s.get("mem", 2 * 1024**3)),
                                 uuid=s.get("uuid") if count == 1 else None, meta=s.get("meta"),
-                                tags=s.get("tags"), host=s.get("host"))
+                                tags=s.get("tags"),
+                                host=f"host-{i % int(s['hosts'])}" if s.get("hosts") else s.get("host"))
 
     @classmethod
     def from_seed_file(cls, path: str | Path) -> EmulatorState:
