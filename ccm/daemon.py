@@ -32,6 +32,7 @@ from ccm.kube.watching import NodeWatcher
 from ccm.leader import LeaderLost, LeaseElector, default_identity, run_as_leader
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
+from ccm.nodes.account import AccountMonitor
 from ccm.nodes.apply import NodeApplier
 from ccm.nodes.controller import NodeController
 from ccm.nodes.lifecycle import LifecycleController
@@ -82,9 +83,11 @@ class Components:
     events: EventRecorder
     controller: NodeController
     lifecycle: LifecycleController
+    account: AccountMonitor | None = None
     csr: CSRController | None = None
 
     async def close(self) -> None:
+        await self.cache.close()
         await self.client.close()
         with contextlib.suppress(Exception):
             await self.chain.aclose()
@@ -119,9 +122,11 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
                           on_restart=lambda reason: metrics.watch_restarts.labels(reason).inc())
     events = EventRecorder(kube, host=socket.gethostname())
     applier = NodeApplier(kube)
+    account = AccountMonitor(nodes=lambda: watcher.store.values(), events=events, metrics=metrics, user_email=user,
+                             region=settings.region, request_refresh=cache.refresh_until)
     reconciler = NodeReconciler(
         store=lambda name: watcher.store.get(name), observe=watcher.observe, cache=cache, client=client,
-        applier=applier, events=events, metrics=metrics,
+        applier=applier, events=events, metrics=metrics, account=account,
         settings=ReconcileSettings(region=settings.region, zone=settings.effective_zone, user_email=user,
                                    cluster_name=settings.cluster_name,
                                    use_system_uuid=settings.node_lookup_by_system_uuid,
@@ -130,6 +135,8 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
     )
     controller = NodeController(watcher, reconciler, workers=settings.concurrent_node_syncs,
                                 resync_period=settings.node_status_update_frequency, metrics=metrics)
+    cache.add_recovery_listener(controller.cloud_is_back)
+    account.add_recovery_listener(controller.cloud_is_back)
     # Cloud labels follow a changed server at the next snapshot refresh, not only at the node's next resync.
     cache.add_refresh_listener(RelabelOnRefresh(label_policy, nodes=lambda: list(watcher.store.values()),
                                                 enqueue=controller.queue.add))
@@ -138,12 +145,13 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
         events=events, metrics=metrics, primary_provider=settings.credential_chain[0],
         monitor_period=settings.node_monitor_period, grace_period=settings.node_deletion_grace_period,
         deletion_enabled=settings.node_deletion_enabled, use_system_uuid=settings.node_lookup_by_system_uuid,
+        account=account,
     )
     csr = (CSRController(kube=kube, nodes=watcher, cache=cache, events=events, metrics=metrics,
                          deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
            if settings.csr_approval != "off" else None)
     return Components(settings, metrics, chain, client, cache, tenant, kube, watcher, events, controller, lifecycle,
-                      csr)
+                      account=account, csr=csr)
 
 
 async def run_controllers(parts: Components, health: HealthState | None = None) -> None:

@@ -44,14 +44,21 @@ class Metrics:
                                    ["verb", "resource"], registry=r)
         self.node_deletions = Counter("cloudsigma_ccm_node_deletions_total", "Nodes deleted (server gone).",
                                       registry=r)
-        self.nodes_blocked = Gauge("cloudsigma_ccm_nodes_uninitialized", "Nodes still carrying the taint.",
-                                   registry=r)
+        self.nodes_uninitialized = Gauge("cloudsigma_ccm_nodes_uninitialized",
+                                         "Nodes still carrying the uninitialized taint.", registry=r)
+        self.wrong_account = Gauge("cloudsigma_ccm_wrong_account",
+                                   "1 while the server listing holds none of the Ready Nodes' servers (another "
+                                   "account: credential fallback, wrong user email or location).", registry=r)
+        self.cloud_recoveries = Counter("cloudsigma_ccm_cloud_recoveries_total",
+                                        "Server listings that succeeded after failures (waiting nodes re-queued).",
+                                        registry=r)
         self.taint_removal_delay = Histogram(
             "node_controller_cloud_provider_taint_removal_delay_seconds",
             "Seconds from node creation to removal of the uninitialized taint.", buckets=_DELAY_BUCKETS, registry=r)
         self.initial_sync_delay = Histogram(
             "node_controller_initial_node_sync_delay_seconds",
-            "Seconds from node creation to its first successful sync.", buckets=_DELAY_BUCKETS, registry=r)
+            "Seconds from node creation to its initialization (observed once per node, when it is initialized).",
+            buckets=_DELAY_BUCKETS, registry=r)
 
     def observe_request(self, record: RequestRecord) -> None:
         code = str(record.status) if record.status is not None else record.outcome

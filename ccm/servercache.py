@@ -4,6 +4,11 @@ Reconciling 1,000 nodes must not mean 1,000 API calls: every lookup is answered 
 (``GET /servers/detail/``, all pages) no older than ``max_age``. A miss triggers one refresh before anyone is
 told "not found"; concurrent refreshes are coalesced into one request (single-flight).
 
+When CloudSigma fails, the cache owns the recovery: it probes (one listing at a time, every 1-10 s) until a
+listing succeeds and then tells its listeners, so nodes waiting in per-node backoff are re-queued at once
+instead of minutes later. A 429 with ``Retry-After`` closes the cache until that moment: callers fail fast and
+no listing is sent inside the window, whatever the callers' own backoff says.
+
 A snapshot answer is never proof that a server is gone: deletion needs a direct GET (see lifecycle).
 
 With each listing the cache may fetch *extras* (tag names, host groups: see :mod:`ccm.cloudlabels.sources`),
@@ -21,8 +26,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from cloudsigma.addresses import ServerAddresses, server_addresses
 from cloudsigma.client import CloudSigmaClient, ServerList
+from cloudsigma.errors import CloudSigmaError, RateLimited
 from cloudsigma.models import Server
+from credentials.base import CredentialError
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +56,10 @@ class ServerSnapshot:
     provider: str | None = None
     by_uuid: dict[str, Server] = field(default_factory=dict, repr=False)
     by_name: dict[str, tuple[Server, ...]] = field(default_factory=dict, repr=False)
+    #: Who listed (the token subject / user uuid), when known: "the same credential" means provider and subject.
+    token_subject: str | None = None
+    #: Each server's addresses, extracted (and its unusable data logged) once per snapshot.
+    _addresses: dict[str, ServerAddresses] = field(default_factory=dict, repr=False, compare=False)
     #: tag uuid → name, and server uuid → host group id, fetched with this listing (None: unknown).
     tag_names: Mapping[str, str] | None = field(default=None, repr=False)
     host_groups: Mapping[str, str] | None = field(default=None, repr=False)
@@ -63,20 +75,34 @@ class ServerSnapshot:
         return cls(
             servers=listing.servers, fetched_at=fetched_at, complete=listing.complete,
             request_ids=listing.request_ids, provider=listing.provider, by_uuid=by_uuid,
-            by_name={k: tuple(v) for k, v in by_name.items()},
+            by_name={k: tuple(v) for k, v in by_name.items()}, token_subject=listing.token_subject,
             tag_names=extras.tag_names if extras else None, host_groups=extras.host_groups if extras else None,
         )
 
     def age(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.fetched_at
 
+    def addresses(self, server: Server) -> ServerAddresses:
+        """The server's addresses as the API knows them. Unusable data (``nics is not a list``, ``ip
+        "not-an-ip" ignored``) is logged here, once per server per snapshot — not once per reconcile."""
+        known = self._addresses.get(server.uuid)
+        if known is None:
+            known = server_addresses(server)
+            self._addresses[server.uuid] = known
+            problems = server.problems + known.problems
+            if problems:
+                log.warning("cloudsigma_server_data_unusable", server_uuid=server.uuid, server_name=server.name,
+                            problems=list(problems), request_ids=list(self.request_ids)[:3])
+        return known
+
 
 class ServerCache:
-    """Single-flight, max-age cache of :class:`ServerSnapshot`."""
+    """Single-flight, max-age cache of :class:`ServerSnapshot`, with recovery probing and Retry-After windows."""
 
     def __init__(self, client: CloudSigmaClient, *, max_age: float = 10.0, stale_factor: float = 3.0,
                  clock: Callable[[], float] = time.monotonic,
                  on_refresh: Callable[[ServerSnapshot], None] | None = None,
+                 probe_interval: float | None = 1.0, max_probe_interval: float = 10.0,
                  extras: Callable[[], Awaitable[SnapshotExtras]] | None = None) -> None:
         self._client = client
         #: Fetches the extras of one snapshot (at most once per refresh); must not raise.
@@ -92,6 +118,17 @@ class ServerCache:
         self._inflight: asyncio.Future[ServerSnapshot] | None = None
         self._background: asyncio.Task[None] | None = None
         self.refreshes = 0
+        #: None disables probing (unit tests with a fake clock).
+        self._probe_interval = probe_interval
+        self._max_probe_interval = max_probe_interval
+        self._probe: asyncio.Task[None] | None = None
+        self._failing_since: float | None = None
+        #: While the clock is before this, no listing is sent (CloudSigma's Retry-After).
+        self._closed_until = 0.0
+        self._closed_by: RateLimited | None = None
+        self._recovery_listeners: list[Callable[[], None]] = []
+        #: Conditions on a snapshot that keep the prober refreshing until they hold (e.g. "the right account").
+        self._watchers: list[Callable[[ServerSnapshot], bool]] = []
 
     @property
     def current(self) -> ServerSnapshot | None:
@@ -100,6 +137,33 @@ class ServerCache:
     def add_refresh_listener(self, listener: Callable[[ServerSnapshot], None]) -> None:
         """``listener(snapshot)`` is called after every successful refresh (it must be quick)."""
         self._refresh_listeners.append(listener)
+
+    def now(self) -> float:
+        """The cache's clock: compare with :attr:`ServerSnapshot.fetched_at` (``refresh(newer_than=...)``)."""
+        return self._clock()
+
+    @property
+    def failing(self) -> bool:
+        """The last listing failed (or a Retry-After window is open)."""
+        return self._failing_since is not None
+
+    def add_recovery_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called when a listing succeeds after one or more failures."""
+        self._recovery_listeners.append(listener)
+
+    def refresh_until(self, condition: Callable[[ServerSnapshot], bool]) -> None:
+        """Keep refreshing (every ``max_age``) until ``condition(snapshot)`` holds for a fresh snapshot."""
+        self._watchers.append(condition)
+        self._ensure_probe()
+
+    async def close(self) -> None:
+        """Stop background work (the prober, a background revalidation)."""
+        for task in (self._probe, self._background):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._probe = self._background = None
 
     async def get(self, *, max_age: float | None = None) -> ServerSnapshot:
         """A snapshot no older than ``max_age`` (default: the cache's), refreshing if needed."""
@@ -117,6 +181,8 @@ class ServerCache:
     def _revalidate(self) -> None:
         if self._inflight is not None or (self._background is not None and not self._background.done()):
             return
+        if self._clock() < self._closed_until:
+            return
 
         async def refresh_quietly() -> None:
             try:
@@ -125,6 +191,14 @@ class ServerCache:
                 log.warning("server_snapshot_refresh_failed", error=str(exc))
 
         self._background = asyncio.get_running_loop().create_task(refresh_quietly())
+
+    def _window_error(self) -> RateLimited:
+        """Fail fast inside a Retry-After window: the same words every time (no remaining seconds)."""
+        remaining = max(0.0, self._closed_until - self._clock())
+        cause = self._closed_by
+        return RateLimited("rate limited: waiting until the time CloudSigma's Retry-After gave",
+                           retry_after=remaining, status=429, error_type=cause.error_type if cause else None,
+                           context=cause.context if cause else None)
 
     async def refresh(self, *, newer_than: float | None = None) -> ServerSnapshot:
         """Fetch a new snapshot; callers arriving while one is in flight share it.
@@ -137,6 +211,8 @@ class ServerCache:
             return snap
         if self._inflight is not None:
             return await asyncio.shield(self._inflight)
+        if self._clock() < self._closed_until:
+            raise self._window_error()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ServerSnapshot] = loop.create_future()
         self._inflight = future
@@ -152,11 +228,14 @@ class ServerCache:
             log.debug("server_snapshot_refreshed", servers=len(snapshot.servers), complete=snapshot.complete,
                       request_ids=list(snapshot.request_ids), credential_provider=snapshot.provider)
             future.set_result(snapshot)
+            self._recovered()
             return snapshot
         except asyncio.CancelledError:
             future.cancel()
             raise
         except Exception as exc:
+            if isinstance(exc, CloudSigmaError | CredentialError):
+                self._failed(exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it; no "never retrieved" noise
             raise
@@ -187,3 +266,71 @@ class ServerCache:
                 listener(snapshot)
             except Exception:  # a listener must never break a refresh
                 log.exception("refresh_listener_failed")
+
+    # ---- failure, recovery and probing ---------------------------------------------------------
+
+    def _failed(self, exc: CloudSigmaError | CredentialError) -> None:
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        if isinstance(exc, RateLimited) and exc.retry_after:
+            # The client honours short waits itself; whatever it gave up on, no listing before this moment.
+            until = now + exc.retry_after
+            if until > self._closed_until:
+                self._closed_until, self._closed_by = until, exc
+                log.warning("cloudsigma_rate_limit_window", retry_after=exc.retry_after, **exc.log_fields())
+        self._ensure_probe()
+
+    def _recovered(self) -> None:
+        if self._failing_since is None:
+            return
+        outage = self._clock() - self._failing_since
+        self._failing_since = None
+        self._closed_until, self._closed_by = 0.0, None
+        log.info("cloudsigma_recovered", outage_seconds=round(outage, 1), listeners=len(self._recovery_listeners))
+        for listener in self._recovery_listeners:
+            try:
+                listener()
+            except Exception:  # a listener must never break a refresh
+                log.exception("recovery_listener_failed")
+
+    def _ensure_probe(self) -> None:
+        if self._probe_interval is None:
+            return
+        if self._probe is not None and not self._probe.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._probe = loop.create_task(self._probe_loop(), name="server-cache-probe")
+
+    def _probe_delay(self) -> float:
+        assert self._probe_interval is not None
+        now = self._clock()
+        if self._failing_since is not None:
+            # Short at first (recovery within seconds), longer during a long outage (a tenth of it, ≤ 10 s).
+            delay = min(max(self._probe_interval, 0.1 * (now - self._failing_since)), self._max_probe_interval)
+            return max(delay, self._closed_until - now)
+        return max(self._probe_interval, self.max_age)
+
+    async def _probe_loop(self) -> None:
+        while self._failing_since is not None or self._watchers:
+            await asyncio.sleep(self._probe_delay())
+            if self._failing_since is None and not self._watchers:
+                return
+            try:
+                snapshot = await self.refresh(newer_than=self._clock() - min(self.max_age, 1.0))
+            except (CloudSigmaError, CredentialError) as exc:
+                # Already logged by the client; the loop goes on while the failure lasts.
+                log.debug("server_cache_probe_failed", error=type(exc).__name__)
+                continue
+            self._watchers = [w for w in self._watchers if not _holds(w, snapshot)]
+
+
+def _holds(condition: Callable[[ServerSnapshot], bool], snapshot: ServerSnapshot) -> bool:
+    try:
+        return condition(snapshot)
+    except Exception:
+        log.exception("refresh_condition_failed")
+        return True

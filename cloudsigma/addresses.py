@@ -32,6 +32,11 @@ class ServerAddresses:
     def all(self) -> tuple[str, ...]:
         return self.ipv4 + self.ipv6
 
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """The unusable address data, in words: ``ip "not-an-ip" ignored``."""
+        return tuple(f'ip "{raw}" ignored' for raw in self.invalid)
+
 
 def _ip_of(ref: Ref | None) -> str | None:
     return ref.uuid if ref is not None else None

@@ -38,7 +38,9 @@ from cloudsigma.errors import (
     ServerError,
     ServerNotFound,
     TransportError,
+    UnattributedNotFound,
     Unauthorized,
+    is_notexist_proof,
     parse_error_body,
 )
 from cloudsigma.models import InvalidObject, Server, Tag, parse_server, parse_tag
@@ -96,6 +98,8 @@ class ServerList:
     fetched_at: float
     invalid: tuple[str, ...] = ()
     provider: str | None = None
+    #: The subject (user uuid) of the credential that listed, when the credential names one.
+    token_subject: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -202,7 +206,8 @@ class CloudSigmaClient:
     # ---- public calls -------------------------------------------------------------------------
 
     async def get_server(self, uuid: str) -> Server:
-        """GET ``/servers/{uuid}/``. 404 → :class:`ServerNotFound`, 403 → :class:`PermissionDenied`."""
+        """GET ``/servers/{uuid}/``. CloudSigma's 404 ``notexist`` → :class:`ServerNotFound`, any other 404 →
+        :class:`UnattributedNotFound`, 403 → :class:`PermissionDenied`."""
         payload, ctx = await self._call("GET", f"servers/{uuid}/", resource=uuid)
         try:
             return parse_server(payload)
@@ -218,7 +223,7 @@ class CloudSigmaClient:
         if name is not None:
             params["name"] = name
         path = "servers/detail/" if detail else "servers/"
-        objects, total, request_ids, provider = await self._list_all(path, params)
+        objects, total, request_ids, ctx = await self._list_all(path, params)
         if len(objects) > _PARSE_INLINE_MAX:
             # Thousands of objects take a noticeable time to validate: keep the event loop responsive.
             servers, invalid = await asyncio.to_thread(_parse_servers, objects)
@@ -232,7 +237,8 @@ class CloudSigmaClient:
             request_ids=tuple(request_ids),
             fetched_at=time.time(),
             invalid=tuple(invalid),
-            provider=provider,
+            provider=ctx.provider if ctx else None,
+            token_subject=ctx.token_subject if ctx else None,
         )
 
     async def list_tags(self) -> TagList:
@@ -270,19 +276,22 @@ class CloudSigmaClient:
 
     async def _list_all(
         self, path: str, params: Mapping[str, str]
-    ) -> tuple[list[Any], int, list[str], str | None]:
+    ) -> tuple[list[Any], int, list[str], CallContext | None]:
         objects: list[Any] = []
         request_ids: list[str] = []
         offset = 0
         total: int | None = None
-        provider: str | None = None
+        last: CallContext | None = None
+        mixed = False
         limit = self._page_size
         while True:
             query = dict(params, limit=str(limit), offset=str(offset))
             payload, ctx = await self._call("GET", path, params=query)
             if ctx.request_id:
                 request_ids.append(ctx.request_id)
-            provider = ctx.provider
+            if last is not None and (last.provider, last.token_subject) != (ctx.provider, ctx.token_subject):
+                mixed = True
+            last = ctx
             page, page_total = self._envelope(payload, ctx)
             if total is None:
                 total = page_total
@@ -300,7 +309,10 @@ class CloudSigmaClient:
                 f"pagination ended early: {len(objects)} of {total} objects", status=200,
                 context=CallContext(method="GET", path="/" + path),
             )
-        return objects, (total if total is not None else len(objects)), request_ids, provider
+        if mixed and last is not None:
+            # A credential fallback between pages: the listing is no one credential's view of one account.
+            last = replace(last, provider=None, token_subject=None)
+        return objects, (total if total is not None else len(objects)), request_ids, last
 
     @staticmethod
     def _envelope(payload: Any, ctx: CallContext) -> tuple[list[Any], int]:
@@ -446,8 +458,12 @@ class CloudSigmaClient:
         # The HTTP status decides first (a 401 body may say error_type "permission"); the type breaks ties.
         if status == 401:
             return Unauthorized(f"unauthorized: {text}", **kw)
+        if status == 404 and not is_notexist_proof(status, parsed, ctx.request_id):
+            # Not provably CloudSigma's answer (an HTML page of a proxy, no request id): proves nothing.
+            return UnattributedNotFound(f"404 without CloudSigma's notexist answer: {text}", **kw)
         if status == 404 or (status == 400 and etype == "notexist"):
-            cls = ServerNotFound if ctx.path.startswith("/servers/") and resource else NotFound
+            proven = status == 404 and ctx.path.startswith("/servers/") and bool(resource)
+            cls = ServerNotFound if proven else NotFound
             return cls(f"not found: {text}", **kw)
         if status == 403:
             return PermissionDenied(f"permission denied: {text}", **kw)

@@ -73,6 +73,18 @@ class CloudSigmaError(Exception):
             fields["resource"] = self.resource
         return {k: v for k, v in fields.items() if v is not None}
 
+    def event_text(self) -> str:
+        """What happened, without per-attempt values (request id, identity): the same failure reads the same
+        every time, so an Event about it is updated instead of repeated. The log line has the rest."""
+        parts = [self.message]
+        if self.status is not None:
+            parts.append(f"status={self.status}")
+        if self.error_type:
+            parts.append(f"error_type={self.error_type}")
+        if self.context.method:
+            parts.append(f"call={self.context.method} {self.context.path}")
+        return " ".join(parts)
+
     def __str__(self) -> str:
         parts = [self.message]
         if self.status is not None:
@@ -91,11 +103,21 @@ class CloudSigmaError(Exception):
 
 
 class NotFound(CloudSigmaError):
-    """404 / ``notexist``: the resource does not exist (authoritative only on a direct GET)."""
+    """``notexist`` from CloudSigma: the resource does not exist for this identity in this location.
+
+    Only raised for answers that are provably CloudSigma's own (see :func:`is_notexist_proof`); a 404 of
+    another shape is an :class:`UnattributedNotFound`.
+    """
 
 
 class ServerNotFound(NotFound):
-    """404 on ``/servers/{uuid}/``."""
+    """A proven 404 ``notexist`` on ``/servers/{uuid}/``: the only answer that can prove a server is gone
+    (and then only for the account the call was made as — the caller checks that)."""
+
+
+class UnattributedNotFound(CloudSigmaError):
+    """A 404 that CloudSigma cannot be shown to have sent: no ``notexist`` error body or no ``X-REQUEST-ID``
+    (an edge proxy's HTML page, a wrong API URL). Proves nothing about the resource."""
 
 
 class PermissionDenied(CloudSigmaError):
@@ -154,6 +176,12 @@ class ErrorBody:
     error_message: str | None = None
     error_point: str | None = None
     extra: list[dict[str, Any]] = field(default_factory=list)
+
+
+def is_notexist_proof(status: int, body: ErrorBody, request_id: str | None) -> bool:
+    """Whether an error answer is CloudSigma's own "this does not exist": HTTP 404, a CloudSigma error body
+    (list or single-object shape) of type ``notexist``, and an ``X-REQUEST-ID``. The one place that decides."""
+    return status == 404 and (body.error_type or "").lower() == "notexist" and bool(request_id)
 
 
 def parse_error_body(payload: Any) -> ErrorBody:

@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -121,6 +129,29 @@ class ServerRuntime(_Model):
     _nics = field_validator("nics", mode="wrap")(_lenient_list)
 
 
+def shape_problems(payload: dict[str, Any]) -> list[str]:
+    """What in a server object cannot be used (and is dropped by the lenient parsing), in words an operator can
+    check against the API's answer: ``nics is not a list``, ``nic #2 is not an object``..."""
+    problems: list[str] = []
+    nics = payload.get("nics")
+    if nics is not None and not isinstance(nics, list):
+        problems.append(f"nics is not a list ({type(nics).__name__})")
+    elif isinstance(nics, list):
+        for index, nic in enumerate(nics):
+            if not isinstance(nic, dict):
+                problems.append(f"nic #{index} is not an object ({type(nic).__name__})")
+                continue
+            for key in ("ip_v4_conf", "ip_v6_conf", "runtime"):
+                if nic.get(key) is not None and not isinstance(nic.get(key), dict):
+                    problems.append(f"nic #{index} {key} is not an object")
+    runtime = payload.get("runtime")
+    if runtime is not None and not isinstance(runtime, dict):
+        problems.append(f"runtime is not an object ({type(runtime).__name__})")
+    elif isinstance(runtime, dict) and runtime.get("nics") is not None and not isinstance(runtime.get("nics"), list):
+        problems.append("runtime.nics is not a list")
+    return problems
+
+
 class Server(_Model):
     """A CloudSigma server (the fields the CCM reads)."""
 
@@ -136,8 +167,22 @@ class Server(_Model):
     nics: list[NIC] = Field(default_factory=list)
     runtime: ServerRuntime | None = None
     resource_uri: str | None = None
+    #: Parts of the API's object that could not be used (see :func:`shape_problems`); empty when all is well.
+    problems: tuple[str, ...] = ()
 
     _owner = field_validator("owner", mode="before")(_ref_or_none)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_problems(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        problems = shape_problems(data)
+        if problems or "problems" in data:
+            data = {k: v for k, v in data.items() if k != "problems"}
+            if problems:
+                data["problems"] = tuple(problems)
+        return data
 
     _runtime = field_validator("runtime", mode="wrap")(_lenient)
 

@@ -31,7 +31,7 @@ from ccm.csr.decide import (
 )
 from ccm.csr.request import KUBELET_SERVING, CSRView, csr_view
 from ccm.kube.errors import Conflict, Forbidden, KubeNotFound
-from ccm.kube.events import EventRecorder
+from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.kube.watching import ListWatcher, NodeWatcher
 from ccm.metrics import Metrics
@@ -272,4 +272,4 @@ class CSRController:
         if not decision.node:
             return
         node = self._nodes.store.get(decision.node) or {"metadata": {"name": decision.node}}
-        self._events.record(node, type_, reason, message)
+        self._events.record(node, ObjectEvent(type_, reason, message))

@@ -69,6 +69,17 @@ class AddressDecision:
     addresses: tuple[Address, ...]
     #: Kubelet-reported InternalIPs kept because the API cannot know them (private VLAN NICs).
     kept_from_kubelet: tuple[str, ...] = ()
+    #: How many leading addresses are the provided-node-ip ones: their order is part of the decision.
+    leading: int = 0
+
+    @property
+    def has_ip(self) -> bool:
+        return has_ip(self.addresses)
+
+
+def has_ip(addresses: tuple[Address, ...]) -> bool:
+    """At least one InternalIP or ExternalIP: what a node needs before it may be scheduled."""
+    return any(a.type in (INTERNAL, EXTERNAL) and a.address for a in addresses)
 
 
 def parse_provided_node_ip(value: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -115,8 +126,9 @@ def decide_addresses(
             known.add(ip.compressed)
             kept.append(ip.compressed)
 
+    leading = 0
     if provided_node_ip is not None:
-        addresses = _apply_provided_node_ip(addresses, provided_node_ip)
+        addresses, leading = _apply_provided_node_ip(addresses, provided_node_ip)
 
     hostnames = [a for a in current if a.type == HOSTNAME and a.address]
     if not hostnames:
@@ -124,10 +136,10 @@ def decide_addresses(
     for hostname in hostnames:
         if hostname not in addresses:
             addresses.append(hostname)
-    return AddressDecision(addresses=tuple(addresses), kept_from_kubelet=tuple(kept))
+    return AddressDecision(addresses=tuple(addresses), kept_from_kubelet=tuple(kept), leading=leading)
 
 
-def _apply_provided_node_ip(addresses: list[Address], value: str) -> list[Address]:
+def _apply_provided_node_ip(addresses: list[Address], value: str) -> tuple[list[Address], int]:
     node_ips = parse_provided_node_ip(value)
     first: list[Address] = []
     for node_ip in node_ips:
@@ -149,7 +161,7 @@ def _apply_provided_node_ip(addresses: list[Address], value: str) -> list[Addres
         if same_type:
             continue
         rest.append(addr)
-    return first + rest
+    return first + rest, len(first)
 
 
 def _version(text: str) -> int:
@@ -163,6 +175,8 @@ def _same_ip(text: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bo
         return False
 
 
-def same_addresses(a: tuple[Address, ...], b: tuple[Address, ...]) -> bool:
-    """Compare as sets of (type, address) — upstream compares by type and re-patches dual-stack nodes forever."""
-    return set(a) == set(b) and len(a) == len(b)
+def same_addresses(a: tuple[Address, ...], b: tuple[Address, ...], *, leading: int = 0) -> bool:
+    """Compare as sets of (type, address) — upstream compares by type and re-patches dual-stack nodes forever —
+    except the first ``leading`` entries (the provided-node-ip addresses), whose order matters: consumers take
+    the first address of a type as the node's IP."""
+    return set(a) == set(b) and len(a) == len(b) and a[:leading] == b[:leading]

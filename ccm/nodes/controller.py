@@ -1,8 +1,10 @@
 """The node controller: watch events → de-duplicating queue → N workers → reconcile.
 
 Initialized nodes are re-queued every ``resync_period`` (addresses from the shared snapshot); failures are
-retried with per-node exponential backoff. A MODIFIED event only queues a node when something the
-controller decides on changed (kubelet heartbeats don't).
+retried with per-node exponential backoff — except that nodes waiting for CloudSigma (an outage, a rate-limit
+window, a listing of the wrong account) are re-queued at once when it is back (:meth:`NodeController.cloud_is_back`),
+not when their backoff happens to end. A MODIFIED event only queues a node when something the controller decides
+on changed (kubelet heartbeats don't). ``cloudsigma_ccm_nodes_uninitialized`` counts the nodes still tainted.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ccm.kube.transport import JSON
 from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.reconcile import NodeReconciler, Result
-from ccm.nodes.view import PROVIDED_NODE_IP
+from ccm.nodes.view import PROVIDED_NODE_IP, UNINITIALIZED_TAINT
 from ccm.workqueue import ShutDown, WorkQueue
 
 log = structlog.get_logger(__name__)
@@ -45,6 +47,11 @@ def fingerprint(node: JSON | None) -> tuple[Any, ...]:
     )
 
 
+def _uninitialized(node: JSON) -> bool:
+    return any(isinstance(t, dict) and t.get("key") == UNINITIALIZED_TAINT
+               for t in (node.get("spec") or {}).get("taints") or ())
+
+
 class NodeController:
     def __init__(self, watcher: NodeWatcher, reconciler: NodeReconciler, *, workers: int, resync_period: float,
                  metrics: Metrics, queue: WorkQueue | None = None) -> None:
@@ -55,15 +62,36 @@ class NodeController:
         self._metrics = metrics
         self.queue = queue or WorkQueue(base_delay=1.0, max_delay=300.0)
         self._tasks: list[asyncio.Task[None]] = []
+        #: Nodes whose last reconcile waited for CloudSigma (bounded by the number of nodes).
+        self._waiting_for_cloud: set[str] = set()
+        self._uninitialized: set[str] = set()
         watcher.add_handler(self._on_event)
 
     def _on_event(self, name: str, old: JSON | None, new: JSON | None) -> None:
         if new is None:
             self.queue.remove(name)
-            return
-        if old is None or fingerprint(old) != fingerprint(new):
+            self._waiting_for_cloud.discard(name)
+        elif old is None or fingerprint(old) != fingerprint(new):
             self.queue.add(name)
+        self._track_taint(name, new)
         self._metrics.queue_depth.set(len(self.queue))
+
+    def _track_taint(self, name: str, node: JSON | None) -> None:
+        if node is not None and _uninitialized(node):
+            self._uninitialized.add(name)
+        else:
+            self._uninitialized.discard(name)
+        self._metrics.nodes_uninitialized.set(len(self._uninitialized))
+
+    def cloud_is_back(self) -> None:
+        """CloudSigma answers again (or lists the right account again): every node that was waiting for it is
+        re-queued now instead of at the end of its backoff."""
+        waiting, self._waiting_for_cloud = self._waiting_for_cloud, set()
+        for name in waiting:
+            self.queue.add(name)
+        self._metrics.cloud_recoveries.inc()
+        self._metrics.queue_depth.set(len(self.queue))
+        log.info("waiting_nodes_requeued", nodes=len(waiting))
 
     async def run(self) -> None:
         """Run the workers until cancelled or the queue shuts down."""
@@ -95,6 +123,10 @@ class NodeController:
                 return
             try:
                 outcome = await self._reconciler.reconcile(name)
+                if outcome.waiting_for_cloud:
+                    self._waiting_for_cloud.add(name)
+                else:
+                    self._waiting_for_cloud.discard(name)
                 if outcome.result is Result.GONE:
                     self.queue.remove(name)
                 elif outcome.retry:
@@ -108,5 +140,7 @@ class NodeController:
                 log.exception("reconcile_crashed", node=name, worker=index)
                 self.queue.add_rate_limited(name)
             finally:
+                # Our own writes reach the store through observe(), not as watch events: look at it now.
+                self._track_taint(name, self._watcher.store.get(name))
                 self.queue.done(name)
                 self._metrics.queue_depth.set(len(self.queue))

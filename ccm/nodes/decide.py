@@ -11,14 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ccm.nodes.addresses import AddressError, decide_addresses, same_addresses
+from ccm.nodes.addresses import AddressError, decide_addresses, has_ip, same_addresses
 from ccm.nodes.labels import desired_labels, labels_to_add
 from ccm.nodes.view import SHUTDOWN_TAINT, UNINITIALIZED_TAINT, Address, NodeView
 from ccm.providerid import format_provider_id
-from cloudsigma.addresses import server_addresses
+from cloudsigma.addresses import ServerAddresses, server_addresses
 from cloudsigma.models import Server
 
 SHUTDOWN_STATUSES = frozenset({"stopped", "paused"})
+
+#: Why a plan is blocked (also the reason of the node's Warning event).
+INVALID_NODE_ADDRESSES = "InvalidNodeAddresses"
+NO_NODE_ADDRESS = "NoNodeAddress"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class NodePlan:
     taints: tuple[dict[str, Any], ...] | None = None  # full new taint list, or None = unchanged
     #: Why the node must stay as it is (a problem the operator must fix), if any.
     blocked: str | None = None
+    #: A one-word reason for ``blocked`` (``InvalidNodeAddresses``, ``NoNodeAddress``).
+    blocked_reason: str = ""
     notes: tuple[str, ...] = ()
 
     @property
@@ -47,35 +53,66 @@ def _without(taints: tuple[dict[str, Any], ...], key: str) -> tuple[dict[str, An
     return tuple(t for t in taints if t.get("key") != key)
 
 
-def plan_initialization(node: NodeView, server: Server, *, region: str, zone: str, ipv6: bool = True) -> NodePlan:
-    """Everything an uninitialized node needs; addresses are written before the taint goes."""
+def _blocked(reason: str, message: str) -> NodePlan:
+    return NodePlan(blocked=message, blocked_reason=reason)
+
+
+def no_address_message(server: Server, known: ServerAddresses) -> str:
+    """Why a server gives its node no IP address: the same words every time (it becomes an Event message)."""
+    if server.status in SHUTDOWN_STATUSES or (server.runtime is None and known.unknown_public_nics):
+        why = f"server {server.uuid} is {server.status or 'in an unknown state'}: its DHCP address is not known"
+    elif not server.nics:
+        why = f"server {server.uuid} has no usable NIC"
+    elif known.private_nics and not known.all:
+        why = (f"server {server.uuid} has only private VLAN NICs and the kubelet reported no InternalIP; set the "
+               "kubelet's --node-ip")
+    else:
+        why = f"server {server.uuid} reports no usable IP address"
+    problems = server.problems + known.problems
+    if problems:
+        why += f" ({'; '.join(problems)})"
+    return f"{why}; a node needs an InternalIP or ExternalIP before it may be scheduled"
+
+
+def plan_initialization(node: NodeView, server: Server, *, region: str, zone: str, ipv6: bool = True,
+                        known: ServerAddresses | None = None) -> NodePlan:
+    """Everything an uninitialized node needs; addresses are written before the taint goes, and the taint goes
+    only when the node has at least one InternalIP/ExternalIP. ``known``: the server's addresses if already
+    extracted (the snapshot keeps them)."""
+    known = server_addresses(server) if known is None else known
     try:
-        decision = decide_addresses(node.name, server_addresses(server), node.addresses,
-                                    provided_node_ip=node.provided_node_ip, ipv6=ipv6)
+        decision = decide_addresses(node.name, known, node.addresses, provided_node_ip=node.provided_node_ip,
+                                    ipv6=ipv6)
     except AddressError as exc:
-        return NodePlan(blocked=str(exc))
+        return _blocked(INVALID_NODE_ADDRESSES, str(exc))
+    if not decision.has_ip:
+        return _blocked(NO_NODE_ADDRESS, no_address_message(server, known))
     notes: list[str] = []
     if decision.kept_from_kubelet:
         notes.append("kept kubelet InternalIPs for private NICs: " + ", ".join(decision.kept_from_kubelet))
     provider_id = None if node.provider_id else format_provider_id(server.uuid)
-    addresses = None if same_addresses(decision.addresses, node.addresses) else decision.addresses
+    addresses = (None if same_addresses(decision.addresses, node.addresses, leading=decision.leading)
+                 else decision.addresses)
     labels: dict[str, str | None] = dict(labels_to_add(node.labels, desired_labels(server, region=region, zone=zone)))
     taints = _without(node.taints, UNINITIALIZED_TAINT) if node.uninitialized else None
     return NodePlan(addresses=addresses, provider_id=provider_id, labels=labels, taints=taints, notes=tuple(notes))
 
 
-def plan_resync(node: NodeView, server: Server, *, ipv6: bool = True) -> NodePlan:
+def plan_resync(node: NodeView, server: Server, *, ipv6: bool = True, known: ServerAddresses | None = None) -> NodePlan:
     """Addresses of an initialized node (DHCP addresses change on reboot). Errors only reported."""
-    known = server_addresses(server)
+    known = server_addresses(server) if known is None else known
     try:
         decision = decide_addresses(node.name, known, node.addresses, provided_node_ip=node.provided_node_ip,
                                     ipv6=ipv6)
     except AddressError as exc:
-        return NodePlan(blocked=str(exc))
+        return _blocked(INVALID_NODE_ADDRESSES, str(exc))
     if server.status in SHUTDOWN_STATUSES and not known.all:
         # A stopped server's DHCP address is not in the API; keep what the node has rather than strip it.
         return NodePlan(notes=("server stopped: addresses left as they are",))
-    if same_addresses(decision.addresses, node.addresses):
+    if not decision.has_ip and has_ip(node.addresses):
+        # Never turn a node with an IP into one without: keep what it has until the server reports one.
+        return NodePlan(notes=("the server reports no IP address: addresses left as they are",))
+    if same_addresses(decision.addresses, node.addresses, leading=decision.leading):
         return NodePlan()
     return NodePlan(addresses=decision.addresses)
 

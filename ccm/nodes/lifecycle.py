@@ -3,11 +3,16 @@
 Only NotReady/Unknown nodes (and nodes still carrying the shutdown taint) are looked at, every
 ``monitor_period``, from the shared snapshot — a healthy cluster costs no extra CloudSigma calls.
 
-A Node is deleted only on authoritative, fresh proof, after it has been NotReady for ``grace_period``:
-- with a providerID: a 404 ``notexist`` on a direct GET of that uuid, answered to the primary credential;
+A Node is deleted only on authoritative, fresh proof from the right account, after it has been NotReady for
+``grace_period``:
+- with a providerID: CloudSigma's own 404 ``notexist`` (error body and ``X-REQUEST-ID``) on a direct GET of that
+  uuid, answered to the primary credential, **and** a fresh, complete listing by the same credential that lacks
+  the server but holds the server of at least one other Node (an account/location where the user has no such
+  server answers a genuine 404 too: only the other Node's server shows it is the cluster's account);
 - without one: absence from two fresh, complete, successfully paginated listings by the primary credential
   that hold the server of at least one other Node (so a listing of the wrong account proves nothing).
-Never on 403, 401, 429, 5xx, timeouts, a partial list, a credential fallback, or a cache answer.
+Never on 403, 401, 429, 5xx, timeouts, a proxy's 404, a partial list, a credential fallback, or a cache answer;
+nothing at all while the listing is judged to be another account (:mod:`ccm.nodes.account`).
 The delete carries uid and resourceVersion preconditions; every deletion is an event and a log line
 with the evidence.
 """
@@ -24,9 +29,10 @@ import structlog
 
 from ccm.kube import patching
 from ccm.kube.errors import KubeError
-from ccm.kube.events import EventRecorder
+from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.metrics import Metrics
+from ccm.nodes.account import AccountMonitor, Verdict
 from ccm.nodes.apply import NodeApplier
 from ccm.nodes.decide import NodePlan, plan_shutdown_taint
 from ccm.nodes.matching import MatchKind, match_server
@@ -68,6 +74,7 @@ class LifecycleController:
         grace_period: float,
         deletion_enabled: bool,
         use_system_uuid: bool = True,
+        account: AccountMonitor | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._nodes = nodes
@@ -82,6 +89,7 @@ class LifecycleController:
         self._grace = grace_period
         self._deletion = deletion_enabled
         self._use_system_uuid = use_system_uuid
+        self._account = account
         self._clock = clock
         self.deleted: list[str] = []
 
@@ -116,6 +124,8 @@ class LifecycleController:
             await self._apply_taint(node, view, None)
             return
         snapshot = await self._cache.get()
+        if self._account is not None and self._account.verdict(snapshot) is Verdict.WRONG:
+            return  # another account's listing: no taint, no GET, no deletion (one cluster-level warning says so)
         match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
         if match.kind is MatchKind.FOUND and match.server is not None:
             await self._apply_taint(node, view, match.server.status)
@@ -133,10 +143,19 @@ class LifecycleController:
         if plan.empty:
             return
 
-        def replan(fresh: NodeView) -> NodePlan:
-            return plan_shutdown_taint(fresh, status)
+        async def replan(fresh: NodeView) -> NodePlan | None:
+            if not fresh.not_ready:
+                return plan_shutdown_taint(fresh, None)
+            # The fresh node's server from current data, never the one matched for the old object.
+            snapshot = await self._cache.get()
+            match = match_server(fresh, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
+            if match.kind is not MatchKind.FOUND or match.server is None:
+                return None
+            return plan_shutdown_taint(fresh, match.server.status)
 
         result = await self._applier.apply(node, plan, replan)
+        if result.superseded or result.abandoned:
+            return  # the node was replaced or no longer matches: the next check decides again
         added = any(t.get("key") == SHUTDOWN_TAINT for t in plan.taints or ())
         log.info("node_shutdown_taint", node=view.name, action="added" if added else "removed",
                  server_status=status, writes=result.writes)
@@ -151,22 +170,9 @@ class LifecycleController:
     async def _proof_of_absence(self, view: NodeView) -> dict[str, Any] | None:
         """Authoritative evidence that the server is gone, or None (then nothing is deleted)."""
         if view.provider_id:
-            try:
-                uuid = parse_provider_id(view.provider_id)
-            except ForeignProviderID:
-                return None
-            try:
-                await self._client.get_server(uuid)
-            except ServerNotFound as exc:
-                if exc.context.provider != self._primary:
-                    log.warning("deletion_skipped", node=view.name, reason="404 came through a fallback credential",
-                                **exc.log_fields())
-                    return None
-                return {"proof": "404 notexist on direct GET", "server_uuid": uuid, **exc.log_fields(),
-                        "checked_at": self._clock().isoformat()}
-            # Any other answer — including 403 — is not proof (the exception propagates to the caller's log).
-            return None
+            return await self._provider_id_proof(view)
         request_ids: list[str] = []
+        confirmed_by = ""
         for _ in range(2):
             snapshot = await self._cache.refresh()
             if not snapshot.complete or snapshot.provider != self._primary:
@@ -176,19 +182,70 @@ class LifecycleController:
             match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
             if match.kind is not MatchKind.NO_MATCH:
                 return None
-            if not self._account_confirmed(view, snapshot):
-                # A complete listing of the *wrong* account (a mistyped user email, a token acting as somebody
-                # else — seed 001) also lacks the server. Only a listing that holds another Node's server proves
-                # we are looking at the cluster's account.
-                log.warning("deletion_skipped", node=view.name, reason="the listing holds no server of any other "
-                            "Node of this cluster: cannot tell a missing server from the wrong account",
-                            servers_seen=len(snapshot.servers), credential_provider=snapshot.provider)
+            confirmed_by = self._account_confirmed(view, snapshot)
+            if not confirmed_by:
+                self._unconfirmed(view, snapshot)
                 return None
             request_ids.extend(snapshot.request_ids)
         return {"proof": "absent from two fresh complete listings", "request_ids": request_ids,
-                "checked_at": self._clock().isoformat(), "credential_provider": self._primary}
+                "account_confirmed_by": confirmed_by, "checked_at": self._clock().isoformat(),
+                "credential_provider": self._primary}
 
-    def _account_confirmed(self, view: NodeView, snapshot: ServerSnapshot) -> bool:
+    async def _provider_id_proof(self, view: NodeView) -> dict[str, Any] | None:
+        try:
+            uuid = parse_provider_id(view.provider_id)
+        except ForeignProviderID:
+            return None
+        started = self._cache.now()
+        try:
+            await self._client.get_server(uuid)
+        except ServerNotFound as exc:
+            # Typed by the client: CloudSigma's notexist body with an X-REQUEST-ID, nothing else (a proxy's 404
+            # is an UnattributedNotFound and propagates like any other failure).
+            if exc.context.provider != self._primary:
+                log.warning("deletion_skipped", node=view.name, reason="404 came through a fallback credential",
+                            **exc.log_fields())
+                return None
+            not_found = exc
+        else:
+            return None  # it exists
+        # Any other answer — including 403 — is not proof (the exception propagates to the caller's log).
+        # The 404 only says "not in the account this credential sees here": a fresh complete listing by the same
+        # credential must lack the server and hold another Node's server, or it may be another account/location.
+        snapshot = await self._cache.refresh(newer_than=started)
+        same_credential = (snapshot.provider == not_found.context.provider
+                           and (not snapshot.token_subject or not not_found.context.token_subject
+                                or snapshot.token_subject == not_found.context.token_subject))
+        if not snapshot.complete or not same_credential:
+            log.warning("deletion_skipped", node=view.name, reason="the listing to confirm the account is "
+                        "incomplete or by another credential", complete=snapshot.complete,
+                        credential_provider=snapshot.provider, server_uuid=uuid, **not_found.log_fields())
+            return None
+        if uuid in snapshot.by_uuid:
+            log.warning("deletion_skipped", node=view.name, reason="404 on a direct GET but the server is listed",
+                        server_uuid=uuid, **not_found.log_fields())
+            return None
+        confirmed_by = self._account_confirmed(view, snapshot)
+        if not confirmed_by:
+            self._unconfirmed(view, snapshot, server_uuid=uuid, **not_found.log_fields())
+            return None
+        return {"proof": "404 notexist on direct GET, and absent from a fresh complete listing that holds other "
+                         "Nodes' servers", "server_uuid": uuid, **not_found.log_fields(),
+                "listing_request_ids": list(snapshot.request_ids), "account_confirmed_by": confirmed_by,
+                "checked_at": self._clock().isoformat()}
+
+    @staticmethod
+    def _unconfirmed(view: NodeView, snapshot: ServerSnapshot, **fields: Any) -> None:
+        # A complete listing of the *wrong* account (a mistyped user email, a token acting as somebody else —
+        # seed 001 —, another location's API URL) also lacks the server. Only a listing that holds another
+        # Node's server proves we are looking at the cluster's account.
+        fields = {"servers_seen": len(snapshot.servers), "credential_provider": snapshot.provider,
+                  "listing_request_ids": list(snapshot.request_ids)[:3], **fields}
+        log.warning("deletion_skipped", node=view.name, reason="the listing holds no server of any other Node of "
+                    "this cluster: cannot tell a missing server from the wrong account", **fields)
+
+    def _account_confirmed(self, view: NodeView, snapshot: ServerSnapshot) -> str:
+        """The name of another Node whose server the listing holds ("" if none)."""
         for other in self._nodes():
             other_view = node_view(other)
             if other_view.name == view.name:
@@ -196,14 +253,14 @@ class LifecycleController:
             found = match_server(other_view, snapshot.by_uuid, snapshot.by_name,
                                  use_system_uuid=self._use_system_uuid)
             if found.kind is MatchKind.FOUND:
-                return True
-        return False
+                return other_view.name
+        return ""
 
     async def _delete(self, node: JSON, view: NodeView, evidence: dict[str, Any]) -> None:
-        message = (f"deleting node: its server is gone ({evidence['proof']}; request id "
-                   f"{evidence.get('request_id') or ','.join(evidence.get('request_ids', []))}); NotReady since "
+        message = (f"deleting node: its server is gone ({evidence['proof']}); NotReady since "
                    f"{view.ready_since.isoformat() if view.ready_since else 'unknown'}")
-        await self._events.node_event(node, "Normal", "DeletingNode", message)
+        request_id = evidence.get("request_id") or ",".join(evidence.get("request_ids", []))
+        await self._events.emit(node, ObjectEvent.normal("DeletingNode", message, request_id=request_id))
         try:
             await patching.delete_node(self._kube, view.name, uid=view.uid, resource_version=view.resource_version)
         except KubeError as exc:

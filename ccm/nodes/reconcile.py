@@ -1,8 +1,10 @@
 """Reconcile one Node with its server: find it, decide, apply, report. One log line per decision.
 
-Outcomes tell the controller what to do next: forget and resync later, or retry with backoff. A node whose
-server cannot be found, is ambiguous, or is forbidden stays tainted, gets a Warning event that names what
-was seen (uuids, owners, request ids, user, token subject) and is retried with backoff.
+Outcomes tell the controller what to do next: forget and resync later, retry with backoff, or wait for the
+cloud (re-queued at once when it recovers). An outcome also carries the Event to record, if any; it is
+recorded in one place (:meth:`NodeReconciler.reconcile`), and the recorder turns repeats of a (node, reason)
+into one Event with a growing count. Event messages name what was seen (uuids, owners, user, token subject)
+but never per-attempt values: request ids stay in the log line and in the Event's annotations.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import structlog
 
 from ccm.cloudlabels.sync import CloudLabels
 from ccm.kube.errors import KubeError
-from ccm.kube.events import EventRecorder
+from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.transport import JSON
 from ccm.metrics import Metrics
+from ccm.nodes.account import AccountMonitor, Verdict
 from ccm.nodes.apply import NodeApplier
-from ccm.nodes.decide import NodePlan, plan_initialization, plan_resync, with_label_change
+from ccm.nodes.decide import INVALID_NODE_ADDRESSES, NodePlan, plan_initialization, plan_resync, with_label_change
 from ccm.nodes.labels import INSTANCE_TYPE
 from ccm.nodes.matching import Match, MatchKind, describe_candidates, match_server
 from ccm.nodes.view import NodeView, node_view
+from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerCache, ServerSnapshot
 from cloudsigma.client import CloudSigmaClient
 from cloudsigma.errors import CloudSigmaError, NotFound, PermissionDenied
@@ -41,6 +45,7 @@ class Result(Enum):
     BLOCKED = "blocked"  # a problem the operator must fix (retry with backoff)
     ERROR = "error"  # transient failure (retry with backoff)
     GONE = "gone"  # the node no longer exists
+    SUPERSEDED = "superseded"  # deleted or re-registered while we wrote: the new object gets its own reconcile
 
 
 @dataclass
@@ -49,6 +54,10 @@ class Outcome:
     reason: str = ""
     retry: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
+    #: The Event to record about the node, if any (recorded in one place, de-duplicated there).
+    event: ObjectEvent | None = None
+    #: Waiting for CloudSigma (outage, rate limit, wrong account): re-queued at once when it is back.
+    waiting_for_cloud: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,15 @@ class ReconcileSettings:
     ipv6: bool = True
     #: "per-node": one CloudSigma call per reconcile (upstream's pattern), for benchmark comparisons.
     lookup: str = "snapshot"
+
+
+@dataclass
+class _Target:
+    """The server a write is being decided for; replaced when a replan matches again."""
+
+    server: Server
+    match: Match
+    snapshot: ServerSnapshot
 
 
 class NodeReconciler:
@@ -76,6 +94,7 @@ class NodeReconciler:
         metrics: Metrics,
         settings: ReconcileSettings,
         labels: CloudLabels | None = None,
+        account: AccountMonitor | None = None,
     ) -> None:
         self._store = store
         self._observe = observe
@@ -85,9 +104,9 @@ class NodeReconciler:
         self._events = events
         self._metrics = metrics
         self._s = settings
+        self._account = account
         #: Cloud labels (meta, tags, host group) kept in sync with every plan; None: not managed.
         self._labels = labels
-        self._synced_uids: set[str] = set()
 
     async def reconcile(self, name: str) -> Outcome:
         started = time.monotonic()
@@ -102,33 +121,55 @@ class NodeReconciler:
         try:
             outcome = await self._reconcile(node, view)
         except (CloudSigmaError, CredentialError) as exc:
-            outcome = Outcome(Result.ERROR, f"cloud call failed: {exc}", retry=True, fields=exc.log_fields())
-            if view.uninitialized:
-                await self._events.node_event(node, "Warning", "CloudSigmaUnavailable",
-                                              f"cannot initialize: {exc}")
+            outcome = self._cloud_failed(view, exc)
         except KubeError as exc:
             outcome = Outcome(Result.ERROR, f"kubernetes call failed: {exc.message}", retry=True,
                               fields=exc.log_fields())
+        if outcome.event is not None:
+            self._events.record(node, outcome.event)  # the one place node events are recorded
         duration = time.monotonic() - started
         self._metrics.reconciles.labels("node", outcome.result.value).inc()
         self._metrics.reconcile_duration.labels("node").observe(duration)
-        level = bound.warning if outcome.result in (Result.BLOCKED, Result.ERROR) else bound.info
-        if outcome.result is not Result.UNCHANGED or view.uninitialized:
+        warn = outcome.result in (Result.BLOCKED, Result.ERROR) or (
+            outcome.event is not None and outcome.event.type == "Warning")
+        if outcome.result is not Result.UNCHANGED or view.uninitialized or warn:
+            level = bound.warning if warn else bound.info
             level("node_reconciled", action=outcome.result.value, reason=outcome.reason,
                   duration_ms=round(duration * 1000, 1), **outcome.fields)
         return outcome
+
+    def _cloud_failed(self, view: NodeView, exc: CloudSigmaError | CredentialError) -> Outcome:
+        event = None
+        if view.uninitialized:
+            text = exc.event_text() if isinstance(exc, CloudSigmaError) else str(exc)
+            event = ObjectEvent.warning("CloudSigmaUnavailable", f"cannot initialize: {text}",
+                                        request_id=exc.request_id)
+        return Outcome(Result.ERROR, f"cloud call failed: {exc}", retry=True, fields=exc.log_fields(), event=event,
+                       waiting_for_cloud=True)
+
+    def _wrong_account(self, snapshot: ServerSnapshot) -> Outcome | None:
+        if self._account is None or self._account.verdict(snapshot) is not Verdict.WRONG:
+            return None
+        # One cluster-level warning says it (AccountMonitor); nothing per node: no GET, no Event, no write.
+        return Outcome(Result.BLOCKED, "the server listing is of another account (see cloudsigma_wrong_account): "
+                       "node left as it is", retry=True, waiting_for_cloud=True,
+                       fields={"credential_provider": snapshot.provider, "servers_seen": len(snapshot.servers)})
 
     async def _reconcile(self, node: JSON, view: NodeView) -> Outcome:
         if self._s.lookup == "per-node":
             return await self._reconcile_per_node(node, view)
         snapshot = await self._cache.get()
+        if (wrong := self._wrong_account(snapshot)) is not None:
+            return wrong
         match = self._match(view, snapshot)
         if match.kind is not MatchKind.FOUND and match.kind is not MatchKind.FOREIGN_PROVIDER_ID:
             # Refresh on a miss before answering "not found": the server may be seconds old.
             snapshot = await self._cache.refresh(newer_than=snapshot.fetched_at)
+            if (wrong := self._wrong_account(snapshot)) is not None:
+                return wrong
             match = self._match(view, snapshot)
         if match.kind is MatchKind.FOUND and match.server is not None:
-            return await self._sync(node, view, match.server, match, snapshot)
+            return await self._sync(node, view, _Target(match.server, match, snapshot))
         return await self._unmatched(node, view, match, snapshot)
 
     async def _reconcile_per_node(self, node: JSON, view: NodeView) -> Outcome:
@@ -142,60 +183,82 @@ class NodeReconciler:
         snapshot = ServerSnapshot.from_list(listing, time.monotonic())
         match = self._match(view, snapshot)
         if match.kind is MatchKind.FOUND and match.server is not None:
-            return await self._sync(node, view, match.server, match, snapshot)
+            return await self._sync(node, view, _Target(match.server, match, snapshot))
         return await self._unmatched(node, view, match, snapshot)
 
     def _match(self, view: NodeView, snapshot: ServerSnapshot) -> Match:
         return match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._s.use_system_uuid)
 
-    async def _sync(self, node: JSON, view: NodeView, server: Server, match: Match,
-                    snapshot: ServerSnapshot) -> Outcome:
-        fields: dict[str, Any] = {"server_uuid": server.uuid, "matched_by": match.via,
-                                  "snapshot_request_ids": list(snapshot.request_ids)[:3],
-                                  "credential_provider": snapshot.provider}
+    def _plan(self, view: NodeView, target: _Target) -> NodePlan:
+        known = target.snapshot.addresses(target.server)
+        if view.uninitialized:
+            plan = plan_initialization(view, target.server, region=self._s.region, zone=self._s.zone,
+                                       ipv6=self._s.ipv6, known=known)
+        else:
+            plan = plan_resync(view, target.server, ipv6=self._s.ipv6, known=known)
+        return self._with_cloud_labels(view, target.server, target.snapshot, plan)
+
+    async def _rematch(self, fresh: NodeView, target: _Target) -> _Target | None:
+        """The fresh node's server from current data: a conflict retry never reuses the old decision's server."""
+        snapshot = target.snapshot if self._s.lookup == "per-node" else await self._cache.get()
+        match = self._match(fresh, snapshot)
+        if match.kind is MatchKind.FOUND and match.server is not None:
+            return _Target(match.server, match, snapshot)
+        try:
+            same = bool(fresh.provider_id) and parse_provider_id(fresh.provider_id) == target.server.uuid
+        except ForeignProviderID:
+            same = False
+        # A server seen by a direct GET but not (yet) listed still answers for a node that names it.
+        return _Target(target.server, target.match, snapshot) if same else None
+
+    async def _sync(self, node: JSON, view: NodeView, target: _Target) -> Outcome:
+        fields: dict[str, Any] = {"server_uuid": target.server.uuid, "matched_by": target.match.via,
+                                  "snapshot_request_ids": list(target.snapshot.request_ids)[:3],
+                                  "credential_provider": target.snapshot.provider}
         initializing = view.uninitialized
+        current = target
 
-        def replan(fresh: NodeView) -> NodePlan:
-            if fresh.uninitialized:
-                plan = plan_initialization(fresh, server, region=self._s.region, zone=self._s.zone, ipv6=self._s.ipv6)
-            else:
-                plan = plan_resync(fresh, server, ipv6=self._s.ipv6)
-            return self._with_cloud_labels(fresh, server, snapshot, plan)
+        async def replan(fresh: NodeView) -> NodePlan | None:
+            nonlocal current
+            found = await self._rematch(fresh, current)
+            if found is None:
+                return None
+            current = found
+            return self._plan(fresh, found)
 
-        plan = replan(view)
+        plan = self._plan(view, target)
         if plan.blocked:
-            fields["problem"] = plan.blocked
-            if initializing:
-                await self._events.node_event(node, "Warning", "InvalidNodeAddresses",
-                                              f"node stays tainted: {plan.blocked}")
-                return Outcome(Result.BLOCKED, plan.blocked, retry=True, fields=fields)
-            return Outcome(Result.UNCHANGED, f"addresses not updated: {plan.blocked}", fields=fields)
+            return self._blocked(view, plan, fields)
         result = await self._applier.apply(node, plan, replan)
         if result.writes and self._observe is not None:
             self._observe(result.node)
-        fields.update(writes=result.writes, conflicts=result.conflicts)
+        fields.update(writes=result.writes, conflicts=result.conflicts, server_uuid=current.server.uuid,
+                      matched_by=current.match.via)
         for note in result.plan.notes:
             fields.setdefault("notes", []).append(note)
         written = node_view(result.node)
         if result.writes:
             fields["addresses"] = [f"{a.type}={a.address}" for a in written.addresses]
+        if result.superseded:
+            return Outcome(Result.SUPERSEDED, "the node was deleted or re-registered while it was being written: "
+                           "nothing written to the new object, which is reconciled on its own", retry=True,
+                           fields=fields)
+        if result.abandoned:
+            return Outcome(Result.ERROR, "the node changed and no longer matches its server: deciding again",
+                           retry=True, fields=fields)
         if result.plan.blocked:
-            return Outcome(Result.BLOCKED, result.plan.blocked, retry=True, fields=fields)
-        now = datetime.now(UTC)
-        if view.uid and view.uid not in self._synced_uids:
-            self._synced_uids.add(view.uid)
-            if view.created is not None:
-                self._metrics.initial_sync_delay.observe(max(0.0, (now - view.created).total_seconds()))
+            return self._blocked(written, result.plan, fields)
         if initializing and not written.uninitialized:
+            # Both upstream histograms: once per node, when it is initialized (not on restarts or resyncs).
             if view.created is not None:
-                self._metrics.taint_removal_delay.observe(max(0.0, (now - view.created).total_seconds()))
+                delay = max(0.0, (datetime.now(UTC) - view.created).total_seconds())
+                self._metrics.taint_removal_delay.observe(delay)
+                self._metrics.initial_sync_delay.observe(delay)
+            server = current.server
             itype = (result.plan.labels or {}).get(INSTANCE_TYPE) or view.labels.get(INSTANCE_TYPE, "")
-            self._events.record(
-                result.node, "Normal", "Synced",
-                f"initialized from server {server.uuid} ({server.name}) matched by {match.via}; "
-                f"instance type {itype or 'unknown'}",
-            )
-            return Outcome(Result.SYNCED, "initialized", fields=fields)
+            return Outcome(Result.SYNCED, "initialized", fields=fields, event=ObjectEvent.normal(
+                "Synced", f"initialized from server {server.uuid} ({server.name}) matched by {current.match.via}; "
+                f"instance type {itype or 'unknown'}"))
         if result.writes:
             if result.plan.labels or result.plan.annotations:
                 fields["labels_changed"] = dict(result.plan.labels)
@@ -212,29 +275,39 @@ class NodeReconciler:
         self._labels.report(view.name, server.uuid, desired, change)
         return with_label_change(plan, change.labels, change.annotations)
 
+    @staticmethod
+    def _blocked(view: NodeView, plan: NodePlan, fields: dict[str, Any]) -> Outcome:
+        problem = plan.blocked or ""
+        fields["problem"] = problem
+        reason = plan.blocked_reason or INVALID_NODE_ADDRESSES
+        if view.uninitialized:
+            return Outcome(Result.BLOCKED, problem, retry=True, fields=fields,
+                           event=ObjectEvent.warning(reason, f"node stays tainted: {problem}"))
+        # Initialized: upstream only reports; the node keeps its addresses until the problem is fixed.
+        return Outcome(Result.UNCHANGED, f"addresses not updated: {problem}", fields=fields,
+                       event=ObjectEvent.warning(reason, f"addresses not updated: {problem}"))
+
     async def _unmatched(self, node: JSON, view: NodeView, match: Match, snapshot: ServerSnapshot) -> Outcome:
         fields: dict[str, Any] = {"servers_seen": len(snapshot.servers),
                                   "snapshot_request_ids": list(snapshot.request_ids)[:3],
                                   "credential_provider": snapshot.provider}
-        warn = view.uninitialized
         if match.kind is MatchKind.FOREIGN_PROVIDER_ID:
             msg = f"{match.detail}; the node is left as it is"
-            await self._events.node_event(node, "Warning", "ForeignProviderID", msg)
-            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields)
+            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields,
+                           event=ObjectEvent.warning("ForeignProviderID", msg))
         if match.kind is MatchKind.AMBIGUOUS:
             msg = (f"{len(match.name_matches)} servers are named {view.name!r} in the account of "
                    f"{self._s.user_email}: {match.detail}. Not guessing: set spec.providerID "
                    f"(cloudsigma://<uuid>) on the node or rename/delete the extra server")
             fields["candidates"] = [s.uuid for s in match.name_matches]
-            await self._events.node_event(node, "Warning", "DuplicateServerName", msg)
-            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields)
+            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields,
+                           event=ObjectEvent.warning("DuplicateServerName", msg))
         if match.kind is MatchKind.NOT_IN_SNAPSHOT and match.provider_uuid:
             return await self._provider_id_missing(node, view, match, fields)
-        msg = (f"no server named {view.name!r} among the {len(snapshot.servers)} servers of "
-               f"{self._s.user_email} in {self._s.region}; check the VM's name and owner")
-        if warn:
-            await self._events.node_event(node, "Warning", "ServerNotFound", msg)
-        return Outcome(Result.BLOCKED, msg, retry=True, fields=fields)
+        msg = (f"no server named {view.name!r} among the servers of {self._s.user_email} in {self._s.region}; "
+               "check the VM's name and owner")
+        event = ObjectEvent.warning("ServerNotFound", msg) if view.uninitialized else None
+        return Outcome(Result.BLOCKED, msg, retry=True, fields=fields, event=event)
 
     async def _provider_id_missing(self, node: JSON, view: NodeView, match: Match,
                                    fields: dict[str, Any]) -> Outcome:
@@ -246,8 +319,7 @@ class NodeReconciler:
         except PermissionDenied as exc:
             fields.update(exc.log_fields())
             msg = (f"server {uuid} from spec.providerID answers 403 to {exc.context.user or self._s.user_email} "
-                   f"(token sub {exc.context.token_subject or 'n/a'}, request id {exc.request_id}): "
-                   f"{exc.error_message or exc.message}")
+                   f"(token sub {exc.context.token_subject or 'n/a'}): {exc.error_message or exc.message}")
             if named:
                 fields["accessible_servers_with_node_name"] = [s.uuid for s in named]
                 msg += (f". Server(s) named {view.name!r} that this user can access: {describe_candidates(named)}."
@@ -257,20 +329,21 @@ class NodeReconciler:
             else:
                 msg += (". The server belongs to another user or the token acts as the wrong user: check "
                         "CLOUDSIGMA_USER_EMAIL and the token's subject")
-            await self._events.node_event(node, "Warning", "ServerInaccessible", msg)
             log.error("server_forbidden", node=view.name, diagnosis=msg, **exc.log_fields())
-            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields)
+            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields,
+                           event=ObjectEvent.warning("ServerInaccessible", msg, request_id=exc.request_id))
         except NotFound as exc:
             fields.update(exc.log_fields())
-            msg = f"server {uuid} from spec.providerID does not exist (404, request id {exc.request_id})"
+            msg = f"server {uuid} from spec.providerID does not exist (404 notexist)"
             if named:
                 msg += (f"; server(s) named {view.name!r} exist: {describe_candidates(named)} — the node "
                         "must be re-registered to use them (providerID is immutable)")
-            await self._events.node_event(node, "Warning", "ServerNotFound", msg)
-            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields)
+            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields,
+                           event=ObjectEvent.warning("ServerNotFound", msg, request_id=exc.request_id))
         # Visible to a direct GET but not in the listing (listing lag): use it.
-        return await self._sync(node, view, server, Match(MatchKind.FOUND, server=server, via="providerID"),
-                                ServerSnapshot(servers=(server,), fetched_at=time.monotonic(), complete=False))
+        snapshot = ServerSnapshot(servers=(server,), fetched_at=time.monotonic(), complete=False)
+        return await self._sync(node, view, _Target(server, Match(MatchKind.FOUND, server=server, via="providerID"),
+                                                    snapshot))
 
 
 def _updated(writes: int, plan: NodePlan) -> str:

@@ -21,7 +21,16 @@ from .auth import JwksCache, authenticate
 from .faults import HANG_RELEASE_KEY, ConnectionAbortedByFault, control_faults, faults_middleware, is_control_path
 from .oauth import JWKS_KEY, base_url, certs, impersonate, token_endpoint, well_known
 from .responses import CTX_KEY, STATE_KEY, ApiError, OAuthError, RequestContext, api_error, ctx, json_response
-from .state import API_PREFIX, EmulatorState, IpRecord, RequestRecord, User, normalise_path, server_ref
+from .state import (
+    API_PREFIX,
+    NOT_FROM_CLOUDSIGMA,
+    EmulatorState,
+    IpRecord,
+    RequestRecord,
+    User,
+    normalise_path,
+    server_ref,
+)
 
 log = logging.getLogger("tests.emulator")
 
@@ -105,7 +114,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             _fill_record(rec, context)
             rec.status = None if resp is None or rec.fault == "reset" else resp.status
             rec.duration_ms = (time.monotonic() - started) * 1000.0
-    resp.headers["X-REQUEST-ID"] = rid
+    if context.fault not in NOT_FROM_CLOUDSIGMA:
+        resp.headers["X-REQUEST-ID"] = rid
     return resp
 
 

@@ -24,6 +24,9 @@ HANG_RELEASE_KEY = web.AppKey("emulator_hang_release", asyncio.Event)
 MALFORMED_BODY = b'{"meta": {"limit": 20, "offset": 0, "total_count": 2}, "objects": [{"uuid": "3ca429cc-b4f4-'
 
 
+_REASONS = {404: "Not Found", 502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
+
+
 class ConnectionAbortedByFault(Exception):
     """The connection was reset on purpose; the outer middleware records it and gives up the request."""
 
@@ -70,6 +73,11 @@ def fault_response(request: web.Request, fault: Fault) -> Awaitable[web.StreamRe
         raise ConnectionAbortedByFault
     if fault.kind == "malformed":
         return web.Response(status=200, body=MALFORMED_BODY, content_type="application/json")
+    if fault.kind == "proxy_html":
+        title = f"{fault.status} {_REASONS.get(fault.status, 'Error')}"
+        return web.Response(status=fault.status, content_type="text/html",
+                            text=f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center>"
+                                 "<hr><center>nginx</center></body></html>\n")
     if fault.kind == "rate_limit":
         return api_error(state, 429, fault.error_type or "ratelimit",
                          fault.error_message

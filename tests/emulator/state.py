@@ -29,8 +29,11 @@ RUNTIME_STATUSES = frozenset({"running", "paused", "stopping"})
 
 NicKind = Literal["dhcp", "static", "manual", "vlan", "none"]
 IpConf = Literal["dhcp", "static", "manual"]
-FaultKind = Literal["error", "rate_limit", "hang", "malformed", "reset", "page_error", "delay"]
-FAULT_KINDS: frozenset[str] = frozenset({"error", "rate_limit", "hang", "malformed", "reset", "page_error", "delay"})
+FaultKind = Literal["error", "rate_limit", "hang", "malformed", "reset", "page_error", "delay", "proxy_html"]
+FAULT_KINDS: frozenset[str] = frozenset({"error", "rate_limit", "hang", "malformed", "reset", "page_error", "delay",
+                                         "proxy_html"})
+#: Fault kinds answered by something in front of CloudSigma: no ``X-REQUEST-ID`` on the response.
+NOT_FROM_CLOUDSIGMA: frozenset[str] = frozenset({"proxy_html"})
 
 _SA_NAMESPACE = uuidlib.UUID("6f1c2a4e-8d0b-4d39-9a59-7c3f0e8b1a11")
 
@@ -193,7 +196,7 @@ class Fault:
     count: int | None = 1
     path_prefix: str | None = None
     method: str | None = None
-    #: ``error``/``page_error``: the HTTP status (500, 503...). ``rate_limit`` always answers 429.
+    #: ``error``/``page_error``/``proxy_html``: the HTTP status (500, 503, 404...). ``rate_limit`` always answers 429.
     status: int = 500
     #: Error body ``error_type``; default ``backend`` (``concurrency`` for 503, ``ratelimit`` for 429).
     error_type: str | None = None
@@ -398,6 +401,15 @@ class EmulatorState:
 
     def get_user(self, email: str) -> User | None:
         return self.users.get(email.lower())
+
+    def another_location(self, location_id: str) -> EmulatorState:
+        """A fresh state for another CloudSigma location in which the same people have accounts (same email and
+        password) but no servers. Each location is a separate cloud with its own API endpoint and its own user
+        accounts, so the users get new uuids; serve it with a second :class:`EmulatorServer`."""
+        other = EmulatorState(location_id=location_id)
+        for user in self.users.values():
+            other.add_user(user.email, user.password, username=user.username)
+        return other
 
     def user_by_uuid(self, user_uuid: str) -> User | None:
         return next((u for u in self.users.values() if u.uuid == user_uuid), None)
@@ -796,6 +808,12 @@ class EmulatorState:
         """List requests with ``offset=offset`` answer ``status`` (a page missing mid-pagination)."""
         return self.add_fault(Fault("page_error", count=n, status=status, offset=offset, path_prefix=path_prefix,
                                     error_type=error_type))
+
+    def proxy_html_next(self, n: int | None = 1, *, status: int = 404, path_prefix: str | None = None,
+                        method: str | None = None) -> Fault:
+        """The next ``n`` matching requests are answered by "an edge proxy" in front of the API: an HTML page with
+        ``status`` and no ``X-REQUEST-ID`` (not CloudSigma's error list)."""
+        return self.add_fault(Fault("proxy_html", count=n, status=status, path_prefix=path_prefix, method=method))
 
     def delay_next(self, n: int | None, delay_ms: float, *, path_prefix: str | None = None,
                    method: str | None = None) -> Fault:

@@ -11,12 +11,14 @@ from cloudsigma.addresses import server_addresses
 from cloudsigma.client import CloudSigmaClient, RequestRecord, RetryPolicy
 from cloudsigma.errors import (
     InvalidResponse,
+    NotFound,
     PermissionDenied,
     RateLimited,
     RequestTimeout,
     ServerError,
     ServerNotFound,
     TransportError,
+    UnattributedNotFound,
     Unauthorized,
 )
 from credentials.base import Credential, Identity
@@ -108,6 +110,26 @@ async def test_forbidden_is_not_not_found_and_carries_request_id(world: Emulator
     assert [r.status for r in records] == [403, 404]
     logged = {r.request_id for r in world.requests}
     assert denied.value.request_id in logged and missing.value.request_id in logged
+
+
+async def test_404_is_proof_only_as_cloudsigmas_notexist_with_request_id(world: EmulatorState,
+                                                                       emulator: EmulatorServer) -> None:
+    gone = "00000000-0000-4000-8000-000000000000"
+    client, _ = make_client(emulator)
+    async with client:
+        world.proxy_html_next(1, status=404, path_prefix=f"/servers/{gone}/", method="GET")
+        with pytest.raises(UnattributedNotFound) as proxied:
+            await client.get_server(gone)
+        with pytest.raises(ServerNotFound) as listed_shape:
+            await client.get_server(gone)
+        world.single_object_errors = True  # the incident report's shape
+        with pytest.raises(ServerNotFound) as object_shape:
+            await client.get_server(gone)
+    # an edge proxy's HTML page without X-REQUEST-ID proves nothing, whatever its status
+    assert not isinstance(proxied.value, NotFound)
+    assert proxied.value.status == 404 and proxied.value.request_id is None and proxied.value.error_type is None
+    for proven in (listed_shape.value, object_shape.value):
+        assert proven.status == 404 and proven.error_type == "notexist" and proven.request_id
 
 
 async def test_single_object_error_bodies(world: EmulatorState, emulator: EmulatorServer) -> None:

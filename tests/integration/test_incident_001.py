@@ -12,6 +12,7 @@ import pytest
 import structlog
 from kubernetes_asyncio.client import ApiClient
 
+from ccm.kube.events import REQUEST_ID_ANNOTATION
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
 from tests.integration.harness import (
     ALICE,
@@ -62,7 +63,9 @@ async def test_403_on_provider_id_server_deletes_and_modifies_nothing(
     assert forbidden, "the emulator saw the 403"
     request_id = forbidden[0].request_id
     alice_uuid = world.get_user(ALICE).uuid
-    assert request_id in event["message"] and old["uuid"] in event["message"]
+    # the request id is in the Event's annotation (and the log), not in its message: repeats stay one Event
+    assert event["metadata"]["annotations"][REQUEST_ID_ANNOTATION] in {r.request_id for r in forbidden}
+    assert request_id not in event["message"] and old["uuid"] in event["message"]
     assert ALICE in event["message"] and alice_uuid in event["message"]  # email, token sub (= user uuid)
     errors = [e for e in logs if e["event"] == "server_forbidden"]
     assert errors and errors[0]["log_level"] == "error"
@@ -108,6 +111,9 @@ async def test_recreated_server_old_node_deleted_only_when_provably_gone(
         world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
     old = world.add_server(ALICE, NAME, nics=[public_dhcp_nic("auto")])
     await register_node(kube_api, NAME, provider_id=f"cloudsigma://{old['uuid']}", ready=False)
+    # another node of the cluster, whose server the listing holds: it shows the listing is the cluster's account
+    other = world.add_server(ALICE, "metal-worker-pool-1-hl9tl-g2b7h", nics=[public_dhcp_nic("auto")])
+    await register_node(kube_api, other["name"], provider_id=f"cloudsigma://{other['uuid']}")
     world.remove_server(old["uuid"])
     world.add_server(ALICE, NAME, nics=[public_dhcp_nic("auto")])
     with structlog.testing.capture_logs() as logs:
@@ -117,3 +123,4 @@ async def test_recreated_server_old_node_deleted_only_when_provably_gone(
     deleted = [e for e in logs if e["event"] == "node_deleted"]
     assert deleted and deleted[0]["status"] == 404 and deleted[0]["error_type"] == "notexist"
     assert deleted[0]["request_id"] and deleted[0]["server_uuid"] == old["uuid"]
+    assert deleted[0]["account_confirmed_by"] == other["name"]

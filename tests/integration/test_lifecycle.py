@@ -6,9 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
+import structlog
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.kube.errors import KubeNotFound
+from ccm.kube.events import REQUEST_ID_ANNOTATION
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
 from tests.integration.harness import (
     ALICE,
@@ -68,19 +70,38 @@ async def test_shutdown_taint_added_and_removed(world: EmulatorState, emulator: 
     assert await exists(kube_api, "sleepy")  # a stopped server is not a deleted one
 
 
+async def sibling(world: EmulatorState, api: ApiClient, name: str = "sibling") -> dict[str, Any]:
+    """A Ready node whose server is in the listing: what shows a listing is the cluster's account."""
+    server = world.add_server(ALICE, name, nics=[public_dhcp_nic("auto")])
+    await register_node(api, name, provider_id=f"cloudsigma://{server['uuid']}", taint=False)
+    return server
+
+
 async def test_deleted_after_grace_on_fresh_404(world: EmulatorState, emulator: EmulatorServer,
                                                 kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    # The genuine case: the server was deleted in the right account (a sibling's server is still listed).
+    await sibling(world, kube_api)
     server = world.add_server(ALICE, "gone", nics=[public_dhcp_nic("auto")])
     registered = await register_node(kube_api, "gone", provider_id=f"cloudsigma://{server['uuid']}", taint=False,
                                      ready=False)
     world.remove_server(server["uuid"])
-    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
-        await wait_for(lambda: ccm.parts.lifecycle.deleted, 15)
+    with structlog.testing.capture_logs() as logs:
+        async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
+            await wait_for(lambda: ccm.parts.lifecycle.deleted, 15)
     assert not await exists(kube_api, "gone")
+    assert await exists(kube_api, "sibling")
     events = [e for e in await events_for(kube_api, "gone", uid=registered.metadata.uid)
               if e["reason"] == "DeletingNode"]
     assert events and "404" in events[0]["message"]
-    assert world.counters["GET /servers/{uuid}/"] >= 1
+    not_found = [r for r in world.requests_to("GET /servers/{uuid}/") if r.status == 404]
+    assert not_found
+    # the evidence: CloudSigma's notexist with its request id, and the listing that confirmed the account
+    deleted = [e for e in logs if e["event"] == "node_deleted"]
+    assert deleted and deleted[0]["status"] == 404 and deleted[0]["error_type"] == "notexist"
+    assert deleted[0]["request_id"] in {r.request_id for r in not_found}
+    assert deleted[0]["account_confirmed_by"] == "sibling" and deleted[0]["listing_request_ids"]
+    assert events[0]["metadata"]["annotations"][REQUEST_ID_ANNOTATION] == deleted[0]["request_id"]
+    assert deleted[0]["request_id"] not in events[0]["message"]
 
 
 async def test_no_deletion_while_grace_period_runs(world: EmulatorState, emulator: EmulatorServer,
@@ -94,40 +115,62 @@ async def test_no_deletion_while_grace_period_runs(world: EmulatorState, emulato
     assert await exists(kube_api, "patient")
 
 
+# Each fault is injected on the direct GET of the node's server only: the listing stays healthy (and holds the
+# sibling's server, so the account is confirmed) and really lacks the server. So the direct GET's answer is the
+# one thing left to decide on, and none of these answers may count as proof. (A proxy's HTML 404 and another
+# location's genuine 404s: tests/reliability/test_cloud_faults.py::test_wrong_endpoint_deletes_nothing.)
+
+
 def _forbidden(world: EmulatorState, uuid: str) -> None:
-    world.transfer_server(uuid, BOB)
+    world.transfer_server(uuid, BOB)  # absent from alice's listing; the direct GET answers 403
 
 
 def _rate_limited(world: EmulatorState, uuid: str) -> None:
-    world.rate_limit_next(None, retry_after=1, path_prefix="/servers/")
+    world.remove_server(uuid)
+    world.rate_limit_next(None, retry_after=1, path_prefix=f"/servers/{uuid}/", method="GET")
 
 
 def _server_errors(world: EmulatorState, uuid: str) -> None:
     world.remove_server(uuid)
-    world.fail_next(None, status=503, path_prefix="/servers/")
+    world.fail_next(None, status=503, path_prefix=f"/servers/{uuid}/", method="GET")
 
 
 def _timeouts(world: EmulatorState, uuid: str) -> None:
     world.remove_server(uuid)
-    world.hang_next(None, path_prefix="/servers/")
+    world.hang_next(None, path_prefix=f"/servers/{uuid}/", method="GET")
 
 
 def _unauthorized(world: EmulatorState, uuid: str) -> None:
     world.remove_server(uuid)
-    world.users[ALICE.lower()].password = "changed-password"
+    world.fail_next(None, status=401, path_prefix=f"/servers/{uuid}/", method="GET")
 
 
-@pytest.mark.parametrize("fault", [_forbidden, _rate_limited, _server_errors, _timeouts, _unauthorized],
+@pytest.mark.parametrize(("fault", "answer"),
+                         [(_forbidden, 403), (_rate_limited, 429), (_server_errors, 503), (_timeouts, None),
+                          (_unauthorized, 401)],
                          ids=["403", "429", "5xx", "timeout", "401"])
 async def test_never_deleted_without_proof(world: EmulatorState, emulator: EmulatorServer,
-                                           kube_apiserver: KubeAPIServer, kube_api: ApiClient, fault: Any) -> None:
+                                           kube_apiserver: KubeAPIServer, kube_api: ApiClient, fault: Any,
+                                           answer: int | None) -> None:
+    await sibling(world, kube_api)
     server = world.add_server(ALICE, "keep-me", nics=[public_dhcp_nic("auto")])
     await register_node(kube_api, "keep-me", provider_id=f"cloudsigma://{server['uuid']}", taint=False, ready=False)
     fault(world, server["uuid"])
-    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
-        await asyncio.sleep(3)
-        assert not ccm.parts.lifecycle.deleted
+
+    with structlog.testing.capture_logs() as logs:
+        async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, **FAST) as ccm:
+
+            def decided() -> list[dict[str, Any]]:
+                # the lifecycle's own direct GET failed with the injected answer, and it decided on that: twice
+                return [e for e in logs if e["event"] == "lifecycle_cloud_unavailable" and e.get("node") == "keep-me"
+                        and e.get("path") == f"/servers/{server['uuid']}/" and e.get("status") == answer]
+
+            await wait_for(lambda: len(decided()) >= 2 or ccm.parts.lifecycle.deleted, 20,
+                           message="two lifecycle decisions on the direct GET")
+            assert not ccm.parts.lifecycle.deleted
     world.clear_faults()
+    listings = world.requests_to("GET /servers/detail/")
+    assert listings and all(r.status == 200 for r in listings), "the listing must stay healthy"
     assert await exists(kube_api, "keep-me")
 
 

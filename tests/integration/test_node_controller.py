@@ -179,3 +179,27 @@ async def test_watch_gone_relists_without_missing_a_node(world: EmulatorState, e
         await api.close()
     assert node["spec"]["providerID"]
     assert gone >= 1
+
+
+def histogram_count(histogram: Any) -> float:
+    return next(s.value for s in histogram.collect()[0].samples if s.name.endswith("_count"))
+
+
+async def test_sync_delay_observed_once_per_initialization_and_uninitialized_gauge(
+        world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    # Two nodes initialized before this CCM started (a restart or a failover) and one still tainted.
+    for name in ("done-1", "done-2"):
+        server = world.add_server(ALICE, name, nics=[public_static_nic("185.12.40.1" if name == "done-1"
+                                                                       else "185.12.40.2")])
+        await register_node(kube_api, name, taint=False, provider_id=f"cloudsigma://{server['uuid']}",
+                            addresses=[("ExternalIP", server["nics"][0]["ip_v4_conf"]["ip"]["uuid"]),
+                                       ("Hostname", name)])
+    await register_node(kube_api, "late")  # its server does not exist yet: it waits, tainted
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator) as ccm:
+        metrics = ccm.parts.metrics
+        await wait_for(lambda: metrics.nodes_uninitialized._value.get() == 1, 10, message="gauge counts 'late'")
+        world.add_server(ALICE, "late", nics=[public_dhcp_nic("auto")])
+        await wait_for(lambda: initialized(kube_api, "late"), 30)
+        await wait_for(lambda: metrics.nodes_uninitialized._value.get() == 0, 10, message="gauge back to 0")
+        assert histogram_count(metrics.initial_sync_delay) == 1  # 'late' only, not the two already initialized
+        assert histogram_count(metrics.taint_removal_delay) == 1

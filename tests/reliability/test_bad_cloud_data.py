@@ -3,21 +3,32 @@ that cannot be parsed at all, and a single page of 5,000 servers. The API server
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic, public_static_nic
-from tests.integration.harness import ALICE, node_json
+from tests.emulator import EmulatorServer, EmulatorState, private_vlan_nic, public_dhcp_nic, public_static_nic
+from tests.integration.harness import ALICE, node_json, taint_keys
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
 from tests.reliability import registry
-from tests.reliability.support import CCMRun, is_untouched, missing, running, wait_initialized, warnings_for
+from tests.reliability.support import (
+    UNINIT,
+    CCMRun,
+    is_untouched,
+    missing,
+    running,
+    wait_initialized,
+    warnings_for,
+)
 from tests.unit.test_properties import valid_ip
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_nodes")]
+VLAN = "5bc05e7e-6555-4f40-add8-3b8e91447702"
 ADDRESS_TYPES = {"InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"}
 
 
@@ -142,5 +153,67 @@ async def test_five_thousand_servers_in_one_page(world: EmulatorState, emulator:
     assert not rejected
     assert build_seconds < 60
     lost = await missing(kube_api, names)
+    registry.lost(len(lost))
+    assert not lost
+
+
+async def test_servers_without_an_ip_keep_their_nodes_tainted(world: EmulatorState, emulator: EmulatorServer,
+                                                              kube_apiserver: KubeAPIServer,
+                                                              kube_api: ApiClient) -> None:
+    stopped = world.add_server(ALICE, "noip-stopped", status="stopped", nics=[public_dhcp_nic("auto")])
+    not_a_list = world.add_server(ALICE, "noip-nics-not-a-list", nics=[public_static_nic("185.12.21.1")])
+    not_a_list["nics"] = {"0": not_a_list["nics"][0]}  # an object instead of the documented list
+    bad_ip = world.add_server(ALICE, "noip-bad-ip")
+    bad_ip["nics"] = [bad_nic(v4={"conf": "static", "ip": {"uuid": "not-an-ip"}})]
+    world.add_server(ALICE, "noip-vlan-bare", nics=[private_vlan_nic(VLAN)])
+    world.add_server(ALICE, "noip-vlan-kubelet", nics=[private_vlan_nic(VLAN)])
+    tainted = ["noip-stopped", "noip-nics-not-a-list", "noip-bad-ip", "noip-vlan-bare"]
+    for name in tainted:
+        await register_node(kube_api, name)
+    await register_node(kube_api, "noip-vlan-kubelet", addresses=[("InternalIP", "10.0.0.9")])
+    registry.record("input/cloud", "servers without a usable IP address",
+                    injected="a stopped server (DHCP address unknown), `nics` an object instead of a list, a NIC "
+                             "whose IP is `\"not-an-ip\"`, a VLAN-only server whose kubelet reported no IP; and a "
+                             "VLAN-only server whose kubelet reported InternalIP 10.0.0.9",
+                    verified="the 4 nodes stay tainted, untouched, with ONE Warning `NoNodeAddress` Event each; "
+                             "`cloudsigma_server_data_unusable` names the server and what was wrong (`nics is not a "
+                             "list`, `ip \"not-an-ip\" ignored`) at most once per snapshot; the VLAN node with the "
+                             "kubelet's InternalIP initialized; the stopped server started → its node initialized. "
+                             "Before the fix: untainted with only a Hostname",
+                    bad_inputs=len(tainted) + 1, nodes_checked=len(tainted) + 1)
+    async with running(kube_apiserver.admin_kubeconfig, emulator) as ccm:
+        vlan = await wait_initialized(kube_api, "noip-vlan-kubelet")
+
+        async def decided(name: str) -> bool:
+            # an event says why it stays tainted — or (the failure this guards against) the taint is gone
+            node = await node_json(kube_api, name)
+            return bool(await warnings_for(kube_api, name, "NoNodeAddress")) or UNINIT not in taint_keys(node)
+
+        for name in tainted:
+            await wait_for(partial(decided, name), 15, message=f"a decision on {name}")
+        await asyncio.sleep(3)  # a few retries with backoff
+        nodes = {name: await node_json(kube_api, name) for name in tainted}
+        for name in tainted:
+            assert is_untouched(nodes[name]), f"{name} was written to: {nodes[name]['status'].get('addresses')}"
+        events = {name: await warnings_for(kube_api, name, "NoNodeAddress") for name in tainted}
+        unusable = ccm.logs.named("cloudsigma_server_data_unusable")
+        snapshots = ccm.parts.cache.refreshes
+        world.set_status(stopped["uuid"], "running")  # its DHCP address is known again
+        started = await wait_initialized(kube_api, "noip-stopped", 20)
+        assert ccm.alive
+    for name in tainted:
+        assert len(events[name]) == 1, f"{len(events[name])} NoNodeAddress Events for {name}"
+        assert "InternalIP or ExternalIP" in events[name][0]["message"]
+    by_server: dict[str, list[dict[str, Any]]] = {}
+    for line in unusable:
+        by_server.setdefault(line["server_uuid"], []).append(line)
+    assert by_server.get(not_a_list["uuid"]) and "nics is not a list (dict)" in by_server[not_a_list["uuid"]][0][
+        "problems"]
+    assert by_server.get(bad_ip["uuid"]) and 'ip "not-an-ip" ignored' in by_server[bad_ip["uuid"]][0]["problems"]
+    assert all(len(lines) <= snapshots for lines in by_server.values()), (len(unusable), snapshots)
+    assert all(line["level"] == "warning" for line in unusable)
+    assert ("InternalIP", "10.0.0.9") in {(a["type"], a["address"]) for a in vlan["status"]["addresses"]}
+    assert any(a["type"] == "ExternalIP" for a in started["status"]["addresses"])
+    lost = await missing(kube_api, [*tainted, "noip-vlan-kubelet"])
     registry.lost(len(lost))
     assert not lost

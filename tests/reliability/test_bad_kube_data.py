@@ -164,3 +164,65 @@ async def test_invalid_provided_node_ip_keeps_the_node_tainted(world: EmulatorSt
     lost = await missing(kube_api, list(BAD_NODE_IPS))
     registry.lost(len(lost))
     assert not lost
+
+
+async def test_invalid_provided_node_ip_on_an_initialized_node_is_reported(world: EmulatorState,
+                                                                           emulator: EmulatorServer,
+                                                                           kube_apiserver: KubeAPIServer,
+                                                                           kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "pni-later", nics=[public_static_nic("185.12.13.1")])
+    await register_node(kube_api, "pni-later", taint=False, provider_id=f"cloudsigma://{server['uuid']}",
+                        addresses=[("ExternalIP", "185.12.13.1"), ("Hostname", "pni-later")],
+                        provided_node_ip="185.12.13.99")
+    before = await node_json(kube_api, "pni-later")
+    registry.record("input/kubernetes", "invalid `provided-node-ip` on an initialized node",
+                    injected="an initialized node whose annotation names `185.12.13.99`, not an address of its "
+                             "server; addresses re-synced every 0.5 s",
+                    verified="addresses left as they are (no write); a warning `node_reconciled` line saying what "
+                             "to fix and ONE Warning `InvalidNodeAddresses` Event whose count grows. Before the fix: "
+                             "nothing (silent)",
+                    bad_inputs=1, nodes_checked=1)
+    async with running(kube_apiserver.admin_kubeconfig, emulator, node_status_update_frequency="0.5s") as ccm:
+        events = await wait_for(partial(warnings_for, kube_api, "pni-later", "InvalidNodeAddresses"), 15,
+                                message="InvalidNodeAddresses event")
+        await asyncio.sleep(2)  # a few more resyncs
+        events = await warnings_for(kube_api, "pni-later", "InvalidNodeAddresses")
+        lines = [e for e in ccm.logs.named("node_reconciled", node="pni-later") if e.get("level") == "warning"]
+        assert ccm.alive
+    after = await node_json(kube_api, "pni-later")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert len(events) == 1 and "185.12.13.99" in events[0]["message"] and events[0]["count"] >= 2
+    assert lines and "185.12.13.99" in lines[0]["problem"]
+    lost = await missing(kube_api, ["pni-later"])
+    registry.lost(len(lost))
+    assert not lost
+
+
+async def test_provided_node_ip_order_is_restored_once(world: EmulatorState, emulator: EmulatorServer,
+                                                       kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    server = world.add_server(ALICE, "pni-order", nics=[public_static_nic("185.12.14.1", ip_v6="2a02:1338::14")])
+    wrong = [("ExternalIP", "185.12.14.1"), ("ExternalIP", "2a02:1338::14"), ("Hostname", "pni-order")]
+    await register_node(kube_api, "pni-order", taint=False, provider_id=f"cloudsigma://{server['uuid']}",
+                        addresses=wrong, provided_node_ip="2a02:1338::14,185.12.14.1")
+    registry.record("input/kubernetes", "provided-node-ip addresses in another order",
+                    injected="dual-stack annotation `2a02:1338::14,185.12.14.1` on a node listing the IPv4 address "
+                             "first; addresses re-synced every 0.5 s",
+                    verified="rewritten once to the annotation's order (IPv6 first, then IPv4, then Hostname); "
+                             "no further write over the following resyncs. Before the fix: never rewritten",
+                    bad_inputs=1, nodes_checked=1)
+    async with running(kube_apiserver.admin_kubeconfig, emulator, node_status_update_frequency="0.5s") as ccm:
+
+        async def reordered() -> list[tuple[str, str]] | None:
+            node = await node_json(kube_api, "pni-order")
+            got = [(a["type"], a["address"]) for a in node["status"]["addresses"]]
+            return got if got != wrong else None
+
+        got = await wait_for(reordered, 15, message="addresses rewritten")
+        await asyncio.sleep(2)  # four more resyncs
+        writes = ccm.parts.kube.writes.get("PATCH nodes/status", 0)
+        assert ccm.alive
+    assert got == [("ExternalIP", "2a02:1338::14"), ("ExternalIP", "185.12.14.1"), ("Hostname", "pni-order")]
+    assert writes == 1, f"{writes} status writes"
+    lost = await missing(kube_api, ["pni-order"])
+    registry.lost(len(lost))
+    assert not lost

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ccm.nodes.decide import plan_initialization, plan_resync, plan_shutdown_taint
+from ccm.nodes.decide import NO_NODE_ADDRESS, plan_initialization, plan_resync, plan_shutdown_taint
 from ccm.nodes.labels import INSTANCE_TYPE, REGION, ZONE, desired_labels, instance_type, valid_label_value
 from ccm.nodes.matching import MatchKind, match_server
 from ccm.nodes.view import SHUTDOWN_TAINT, node_view
 from ccm.servercache import ServerSnapshot
 from cloudsigma.client import ServerList
-from tests.unit.factories import UUID1, UUID2, dhcp_nic, node, server, vlan_nic
+from tests.unit.factories import UUID1, UUID2, dhcp_nic, node, server, static_nic, vlan_nic
 
 
 def test_initialization_plan_sets_everything() -> None:
@@ -103,3 +103,46 @@ def test_matching_rules() -> None:
     assert foreign.kind is MatchKind.FOREIGN_PROVIDER_ID
     none = match_server(node_view(node("other")), snap.by_uuid, snap.by_name)
     assert none.kind is MatchKind.NO_MATCH
+
+
+def test_no_taint_removal_without_an_ip_address() -> None:
+    view = node_view(node())
+    stopped = plan_initialization(view, server(nics=[dhcp_nic(None)], status="stopped"), region="z", zone="z")
+    assert stopped.blocked and stopped.blocked_reason == NO_NODE_ADDRESS and stopped.empty
+    assert "stopped" in stopped.blocked
+    vlan_only = plan_initialization(view, server(nics=[vlan_nic()]), region="z", zone="z")
+    assert vlan_only.blocked_reason == NO_NODE_ADDRESS and "--node-ip" in (vlan_only.blocked or "")
+    not_a_list = plan_initialization(view, server(nics={"0": dhcp_nic("94.26.101.149")}), region="z", zone="z")
+    assert not_a_list.blocked_reason == NO_NODE_ADDRESS and "nics is not a list" in (not_a_list.blocked or "")
+    bad_ip = plan_initialization(view, server(nics=[static_nic("not-an-ip")]), region="z", zone="z")
+    assert bad_ip.blocked_reason == NO_NODE_ADDRESS and 'ip "not-an-ip" ignored' in (bad_ip.blocked or "")
+    # the kubelet's own InternalIP on a VLAN-only server is an address
+    with_kubelet_ip = plan_initialization(node_view(node(addresses=[("InternalIP", "10.0.0.4")])),
+                                          server(nics=[vlan_nic()]), region="z", zone="z")
+    assert not with_kubelet_ip.blocked and with_kubelet_ip.taints == ()
+
+
+def test_resync_never_takes_the_last_ip_away() -> None:
+    current = [("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
+    view = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=current))
+    # running, but the API reports no usable address (bad data): keep what the node has
+    assert plan_resync(view, server(nics=[static_nic("not-an-ip")])).empty
+
+
+def test_provided_node_ip_addresses_come_first_in_the_annotations_order() -> None:
+    dual = server(nics=[dhcp_nic("94.26.101.149", ipv6="2a03:b0c0::1")])
+    annotations = {"alpha.kubernetes.io/provided-node-ip": "2a03:b0c0::1,94.26.101.149"}
+    wrong_order = [("ExternalIP", "94.26.101.149"), ("ExternalIP", "2a03:b0c0::1"), ("Hostname", "node-1")]
+    view = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=wrong_order,
+                          annotations=annotations))
+    plan = plan_resync(view, dual)
+    assert plan.addresses is not None
+    assert [(a.type, a.address) for a in plan.addresses] == [
+        ("ExternalIP", "2a03:b0c0::1"), ("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
+    # rewritten once: in the right order nothing more is written
+    right = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}",
+                           addresses=[(a.type, a.address) for a in plan.addresses], annotations=annotations))
+    assert plan_resync(right, dual).empty
+    # without the annotation the order of a node's addresses is not ours to change
+    free = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=wrong_order))
+    assert plan_resync(free, dual).empty
