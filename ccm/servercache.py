@@ -11,9 +11,9 @@ no listing is sent inside the window, whatever the callers' own backoff says.
 
 A snapshot answer is never proof that a server is gone: deletion needs a direct GET (see lifecycle).
 
-With each listing the cache may fetch *extras* (tag names, host groups: see :mod:`ccm.cloudlabels.sources`),
-once per snapshot and concurrently with the listing; their failure never fails the listing (the snapshot then
-says "unknown" for them).
+After each successful listing the cache may fetch *extras* (tag names, host groups: see
+:mod:`ccm.cloudlabels.sources`), once per snapshot; their failure never fails the listing (the snapshot then says
+"unknown" for them).
 """
 
 from __future__ import annotations
@@ -243,19 +243,13 @@ class ServerCache:
             self._inflight = None
 
     async def _list_with_extras(self) -> tuple[ServerList, SnapshotExtras | None]:
-        """The listing, and the extras fetched concurrently with it (never failing the listing)."""
+        """The listing, then its extras. Only a listing that succeeded costs the extra calls: a failing API is
+        never sent more than the listing (probes included), and a fault meant for the listing meets it."""
+        listing = await self._client.list_servers(detail=True)
         if self._extras is None:
-            return await self._client.list_servers(detail=True), None
-        extras = asyncio.ensure_future(self._extras())
+            return listing, None
         try:
-            listing = await self._client.list_servers(detail=True)
-        except BaseException:
-            extras.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await extras
-            raise
-        try:
-            return listing, await extras
+            return listing, await self._extras()
         except Exception:  # a bug in a source must not cost the listing
             log.exception("snapshot_extras_failed")
             return listing, None

@@ -153,21 +153,18 @@ async def test_a_broken_extras_hook_costs_nothing_but_its_facts() -> None:
     assert len(snap.servers) == 1 and snap.tag_names is None
 
 
-async def test_a_failed_listing_cancels_the_extras() -> None:
+async def test_a_failed_listing_makes_no_extra_call() -> None:
     client = FakeClient()
     client.fail_listing = True
-    started, finished = asyncio.Event(), []
-
-    async def slow() -> SnapshotExtras:
-        started.set()
-        await asyncio.sleep(5)
-        finished.append(True)
-        return SnapshotExtras()
-
-    cache = ServerCache(client, max_age=10, extras=slow)  # type: ignore[arg-type]
-    with pytest.raises(ServerError):
-        await cache.refresh()
-    assert started.is_set() and not finished
+    sources = LabelSources(client, LabelPolicy(tags=("*",)))  # type: ignore[arg-type]
+    cache = ServerCache(client, max_age=10, extras=sources, probe_interval=None)  # type: ignore[arg-type]
+    for _ in range(3):
+        with pytest.raises(ServerError):
+            await cache.refresh()
+    assert client.listings == 3 and client.tag_calls == client.group_calls == 0
+    client.fail_listing = False
+    await cache.refresh()
+    assert client.listings == 4 and client.tag_calls == client.group_calls == 1
 
 
 async def test_refresh_listeners_see_every_snapshot_and_cannot_break_it() -> None:
