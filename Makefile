@@ -3,20 +3,29 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup realenv lint test unit demo bench clean
+.PHONY: setup lock realenv image lint test unit demo bench clean
 
-## setup: a virtualenv with the package and its dev tools
+## setup: a virtualenv with the package and its dev tools, exactly the hashed pins of requirements/dev.txt
 setup: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --only-binary=:all: -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-## realenv: build the test kube-apiserver (Go module proxy) and fetch Keycloak (Maven Central), cached per machine
+## lock: regenerate requirements/{runtime,build,dev}.txt from pyproject.toml (UPGRADE=1: newest allowed versions)
+lock: setup
+	UPGRADE=$(UPGRADE) bash scripts/lock.sh
+
+## realenv: build the test kube-apiserver and kustomize (Go module proxy), fetch Keycloak (Maven Central); cached per machine
 realenv:
 	bash scripts/build-kube-apiserver.sh
+	bash scripts/build-kustomize.sh
 	bash scripts/fetch-keycloak.sh
+
+## image: build the container image with buildah on a base assembled from Debian packages (cached; see the script)
+image:
+	bash scripts/build-image.sh localhost/cloudsigma-ccm:dev
 
 ## lint: ruff and mypy --strict
 lint: setup

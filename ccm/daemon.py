@@ -27,6 +27,7 @@ from ccm.csr.controller import CSRController
 from ccm.health import HealthState, create_app, start_server
 from ccm.kube.clients import api_client, in_cluster_namespace
 from ccm.kube.events import EventRecorder
+from ccm.kube.permissions import TENANT, leader_election, needed
 from ccm.kube.transport import KubeTransport
 from ccm.kube.watching import NodeWatcher
 from ccm.leader import LeaderLost, LeaseElector, default_identity, run_as_leader
@@ -117,7 +118,9 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
                         on_refresh=lambda _: metrics.snapshot_refreshes.inc(),
                         extras=label_sources if label_sources.needed else None)
     tenant = await api_client(settings.kubeconfig)
-    kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc())
+    kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
+                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
+                                            csr_approval=settings.csr_approval != "off"))
     watcher = NodeWatcher(kube, watch_timeout=settings.watch_timeout,
                           on_restart=lambda reason: metrics.watch_restarts.labels(reason).inc())
     events = EventRecorder(kube, host=socket.gethostname())
@@ -208,7 +211,8 @@ async def run(settings: Settings, redactor: Redactor) -> int:
         namespace = (settings.leader_elect_resource_namespace or os.environ.get("POD_NAMESPACE")
                      or in_cluster_namespace() or "default")
         elector = LeaseElector(
-            KubeTransport(management, timeout=settings.leader_elect_renew_deadline),
+            KubeTransport(management, timeout=settings.leader_elect_renew_deadline,
+                          permissions=leader_election(namespace, settings.leader_elect_resource_name)),
             name=settings.leader_elect_resource_name, namespace=namespace,
             identity=settings.leader_elect_identity or default_identity(),
             lease_duration=settings.leader_elect_lease_duration, renew_deadline=settings.leader_elect_renew_deadline,

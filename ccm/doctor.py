@@ -18,6 +18,7 @@ from ccm.daemon import RedactingSource
 from ccm.kube.clients import api_client
 from ccm.kube.errors import KubeError
 from ccm.kube.fetching import list_nodes
+from ccm.kube.permissions import TENANT, needed
 from ccm.kube.transport import KubeTransport
 from ccm.logging import Redactor
 from ccm.nodes.decide import plan_initialization, plan_resync
@@ -31,13 +32,6 @@ from credentials.factory import build_chain
 from credentials.registry import create_provider
 
 Status = Literal["ok", "warn", "fail"]
-
-#: (verb, resource, subresource, needed-when) — exactly what the CCM does in the tenant cluster.
-PERMISSIONS: tuple[tuple[str, str, str, str], ...] = (
-    ("get", "nodes", "", "always"), ("list", "nodes", "", "always"), ("watch", "nodes", "", "always"),
-    ("patch", "nodes", "", "always"), ("update", "nodes", "", "always"), ("patch", "nodes", "status", "always"),
-    ("create", "events", "", "always"), ("patch", "events", "", "always"), ("delete", "nodes", "", "deletion"),
-)
 
 
 @dataclass
@@ -135,22 +129,20 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
         except KubeError as exc:
             out.append(Check("tenant", "api reachable", "fail", str(exc)))
             return out
-        for verb, resource, sub, when in PERMISSIONS:
-            if when == "deletion" and not settings.node_deletion_enabled:
-                continue
-            label = f"{verb} {resource}{'/' + sub if sub else ''}"
-            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                      "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "subresource": sub,
-                                                      "group": ""}}}
+        for permission in needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
+                                  csr_approval=settings.csr_approval != "off"):
+            label = permission.label
             try:
                 answer = await kube.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-                                            body=review)
+                                            body=permission.review())
             except KubeError as exc:
                 out.append(Check("rbac", label, "fail", f"cannot ask: {exc}"))
                 continue
             allowed = bool((answer.get("status") or {}).get("allowed"))
-            hint = ("" if allowed else " — add it to the tenant ClusterRole (deploy/tenant)"
-                    + (" or set --node-deletion-enabled=false" if when == "deletion" else ""))
+            where = (f"the Role in namespace {permission.namespace}" if permission.namespace
+                     else "the tenant ClusterRole")
+            hint = ("" if allowed else f" — grant it with {where} (deploy/tenant)"
+                    + (" or set --node-deletion-enabled=false" if permission.when == "deletion" else ""))
             out.append(Check("rbac", label, "ok" if allowed else "fail", ("allowed" if allowed else "DENIED") + hint))
         try:
             nodes, _ = await list_nodes(kube)

@@ -19,9 +19,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from ccm.kube.permissions import KUBELET_SERVING_SIGNER
 from ccm.nodes.view import parse_time
 
-KUBELET_SERVING = "kubernetes.io/kubelet-serving"
+KUBELET_SERVING = KUBELET_SERVING_SIGNER
 NODE_USER_PREFIX = "system:node:"
 NODES_GROUP = "system:nodes"
 

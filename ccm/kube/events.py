@@ -20,6 +20,7 @@ import structlog
 from cachetools import TTLCache
 
 from ccm.kube.errors import KubeError, KubeNotFound
+from ccm.kube.permissions import EVENTS_NAMESPACE
 from ccm.kube.transport import KubeTransport
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ class _Series:
 class EventRecorder:
     """Records Events in ``namespace`` (``default``: where events about cluster-scoped objects live)."""
 
-    def __init__(self, kube: KubeTransport, *, namespace: str = "default", series_ttl: float = 3000.0,
+    def __init__(self, kube: KubeTransport, *, namespace: str = EVENTS_NAMESPACE, series_ttl: float = 3000.0,
                  host: str = "") -> None:
         self._kube = kube
         self._namespace = namespace

@@ -7,13 +7,14 @@ what the API sends (no lossy round trip through model classes before a merge pat
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.kube.errors import KubeError, KubeUnavailable, error_for
+from ccm.kube.permissions import Permission, check
 
 JSON = dict[str, Any]
 
@@ -29,13 +30,19 @@ def _kind(path: str) -> str:
 
 
 class KubeTransport:
-    """Sends requests through an ApiClient (auth, TLS and server from its own Configuration)."""
+    """Sends requests through an ApiClient (auth, TLS and server from its own Configuration).
+
+    With ``permissions`` (ccm/kube/permissions.py), a request none of them covers raises
+    :class:`~ccm.kube.permissions.UndeclaredRequest` instead of being sent.
+    """
 
     def __init__(self, api_client: ApiClient, *, timeout: float = 30.0,
-                 on_write: Callable[[str, str], None] | None = None) -> None:
+                 on_write: Callable[[str, str], None] | None = None,
+                 permissions: Sequence[Permission] | None = None) -> None:
         self.api_client = api_client
         self.timeout = timeout
         self._on_write = on_write
+        self.permissions = permissions
         #: Number of mutating requests sent, by verb: benchmarks and tests read it.
         self.writes: dict[str, int] = {}
 
@@ -49,6 +56,8 @@ class KubeTransport:
         content_type: str = "application/json",
         timeout: float | None = None,
     ) -> JSON:
+        if self.permissions is not None:
+            check(self.permissions, method, path, query)
         if method != "GET":
             key = f"{method} {_kind(path)}"
             self.writes[key] = self.writes.get(key, 0) + 1
@@ -84,6 +93,8 @@ class KubeTransport:
         self, path: str, *, query: Mapping[str, Any], timeout: float
     ) -> AsyncIterator[JSON]:
         """A watch: yields each event object until the server closes the stream."""
+        if self.permissions is not None:
+            check(self.permissions, "GET", path, query)
         try:
             resp = await self.api_client.call_api(
                 path, "GET", query_params=list(query.items()), header_params={"Accept": "application/json"},

@@ -7,7 +7,9 @@
   with that CN, as in the tenant kubeconfig): SelfSubjectAccessReviews for every permission ``doctor`` checks,
   denials for what it must not do, and real (or dry-run) calls against a registered Node.
 - The management Role is applied for real and checked as the ServiceAccount's identity: it can create, read
-  and renew its own Lease and nothing else.
+  and renew its own Lease and nothing else (no Events either).
+
+Both lists of permissions come from ccm/kube/permissions.py, the list the CCM's requests are checked against.
 
 The same API server plays both clusters; everything created here except the namespace is removed again.
 """
@@ -24,7 +26,8 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from ccm.doctor import PERMISSIONS
+from ccm.kube import permissions
+from ccm.kube.permissions import EVENTS_NAMESPACE, leader_election
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.kustomize import render
@@ -262,7 +265,7 @@ async def test_dry_run_is_strict(kube_api: ApiClient, management_namespace: str)
 @pytest.mark.parametrize("source", [TENANT, TENANT_WITHOUT_DELETION], ids=["tenant", "without-deletion"])
 async def test_tenant_manifests_validate(kube_api: ApiClient, source: Path) -> None:
     objects = render(source)
-    assert {o["kind"] for o in objects} == {"ClusterRole", "ClusterRoleBinding"}
+    assert {o["kind"] for o in objects} == {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     for obj in objects:
         resp = await create(kube_api, obj, dry_run=True)
         assert resp.status == 201, (obj["kind"], obj["metadata"]["name"], resp)
@@ -291,18 +294,23 @@ async def test_tenant_rbac_grants_exactly_what_the_ccm_uses(
         await eventually(ccm, deletion, "delete", "nodes")
 
         # Everything `cloudsigma-ccm doctor` checks, i.e. everything the daemon does.
-        for verb, resource, sub, when in PERMISSIONS:
-            expected = deletion if when == "deletion" else True
-            assert await can(ccm, verb, resource, subresource=sub) is expected, (verb, resource, sub)
+        for p in permissions.TENANT:
+            expected = deletion if p.when == "deletion" else True
+            assert await can(ccm, p.verb, p.resource, subresource=p.subresource, group=p.group,
+                             namespace=p.namespace or "", name=p.name or "") is expected, p.label
         assert await can(ccm, "get", "nodes", name=NODE)
-        assert await can(ccm, "create", "events", namespace="default")
+        assert await can(ccm, "create", "events", namespace=EVENTS_NAMESPACE)
 
         # And nothing else.
         denied = [
             ("get", "secrets", {}), ("list", "secrets", {}), ("get", "secrets", {"namespace": "kube-system"}),
             ("delete", "pods", {"namespace": "default"}), ("create", "pods", {"namespace": "default"}),
             ("list", "pods", {}), ("create", "nodes", {}), ("update", "nodes", {"subresource": "status"}),
+            ("update", "nodes", {}),  # every Node write is a patch
             ("delete", "events", {"namespace": "default"}), ("list", "events", {}), ("get", "configmaps", {}),
+            # Events only in the one namespace the CCM records them in, not cluster-wide.
+            ("create", "events", {"namespace": "kube-system"}), ("patch", "events", {"namespace": "kube-system"}),
+            ("create", "events", {}),
             ("create", "leases", {"group": "coordination.k8s.io", "namespace": "kube-system"}),
             ("bind", "clusterroles", {"group": "rbac.authorization.k8s.io"}),
             ("escalate", "clusterroles", {"group": "rbac.authorization.k8s.io"}),
@@ -330,6 +338,12 @@ async def test_tenant_rbac_grants_exactly_what_the_ccm_uses(
         resp = await call(ccm, "POST", "/api/v1/namespaces/default/events",
                           body=event_body("default", {"kind": "Node", "name": NODE, "apiVersion": "v1"}))
         assert resp.status == 201, resp
+        resp = await call(ccm, "PATCH", f"/api/v1/namespaces/default/events/{resp.body['metadata']['name']}",
+                          content_type=merge, body={"count": 2})
+        assert resp.status == 200 and resp.body["count"] == 2, resp
+        resp = await call(ccm, "POST", "/api/v1/namespaces/kube-system/events", query=[("dryRun", "All")],
+                          body=event_body("kube-system", {"kind": "Node", "name": NODE, "apiVersion": "v1"}))
+        assert resp.status == 403, resp
         resp = await call(ccm, "GET", "/api/v1/namespaces/default/secrets/anything")
         assert resp.status == 403, resp
         resp = await call(ccm, "DELETE", "/api/v1/namespaces/default/pods/anything", query=[("dryRun", "All")])
@@ -353,6 +367,8 @@ async def test_management_role_allows_only_its_own_lease(
             resp = await create(kube_api, obj, dry_run=False)
             assert resp.status == 201, resp
     ns = management_namespace
+    for p in leader_election(ns, LEASE):  # what ccm/leader.py does, per the list its transport is checked against
+        assert p.namespace == ns
     # The identity the pod's ServiceAccount token carries (RBAC only looks at the user name and groups).
     identity = kube_apiserver.kubeconfig(f"system:serviceaccount:{ns}:{SERVICE_ACCOUNT}",
                                          ["system:serviceaccounts", f"system:serviceaccounts:{ns}"])
@@ -389,12 +405,14 @@ async def test_management_role_allows_only_its_own_lease(
         assert (await call(sa, "GET", f"/api/v1/namespaces/{ns}/secrets")).status == 403
         assert (await call(sa, "GET", f"/api/v1/namespaces/{ns}/secrets/cloudsigma-impersonation")).status == 403
         assert (await call(sa, "GET", "/api/v1/nodes")).status == 403
-        # Events in its namespace only.
+        for p in leader_election(ns, LEASE):
+            assert await can(sa, p.verb, p.resource, group=p.group, namespace=ns, name=p.name or ""), p.label
+        # No Events: the CCM records none in the management cluster.
         involved = {"kind": "Lease", "name": LEASE, "namespace": ns, "apiVersion": "coordination.k8s.io/v1"}
         resp = await call(sa, "POST", f"/api/v1/namespaces/{ns}/events", body=event_body(ns, involved),
                           query=[("dryRun", "All")])
-        assert resp.status == 201, resp
-        assert not await can(sa, "create", "events", namespace="default")
+        assert resp.status == 403, resp
+        assert not await can(sa, "patch", "events", namespace=ns)
     finally:
         await sa.close()
         for name in (LEASE, "someone-else"):

@@ -1,6 +1,7 @@
 """End to end: the built ``cloudsigma-ccm`` as a subprocess, configured only by env vars as a Deployment is,
-under an identity holding only the tenant RBAC from ``deploy/tenant``, impersonating the user through a token
-from the real Keycloak's exchange, against the CloudSigma emulator trusting that Keycloak's keys."""
+under an identity holding only the tenant RBAC from ``deploy/tenant``, electing itself leader with a Lease as
+the ServiceAccount holding only the management RBAC from ``deploy/overlays/example-tenant``, impersonating the user
+through a token from the real Keycloak's exchange, against the CloudSigma emulator trusting that Keycloak's keys."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from kubernetes_asyncio.client import ApiClient
 from ccm.kube.transport import KubeTransport
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
 from tests.integration.harness import addresses, node_json, taint_keys
+from tests.realenv.apply import applied
 from tests.realenv.keycloak import Keycloak
 from tests.realenv.keycloak_fixtures import ALICE
 from tests.realenv.kubeapiserver import KubeAPIServer
@@ -31,6 +33,9 @@ from tests.realenv.nodes import register_node, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UNINIT = "node.cloudprovider.kubernetes.io/uninitialized"
+MANAGEMENT_NAMESPACE = "cloudsigma-example-3415fbd3"  # deploy/overlays/example-tenant
+SERVICE_ACCOUNT = "cloudsigma-ccm"
+LEASE = "cloudsigma-ccm"
 pytestmark = pytest.mark.usefixtures("clean_nodes")
 
 
@@ -48,22 +53,30 @@ def ccm_binary() -> str:
 
 @pytest.fixture
 async def tenant_rbac(kube_api: ApiClient) -> AsyncIterator[None]:
-    """The tenant ClusterRoles and bindings from deploy/tenant, applied for real, removed afterwards."""
+    """The tenant RBAC from deploy/tenant, applied for real, removed afterwards."""
+    async with applied(KubeTransport(kube_api), render(ROOT / "deploy" / "tenant")):
+        yield
+
+
+@pytest.fixture
+async def management_rbac(kube_api: ApiClient, kube_apiserver: KubeAPIServer) -> AsyncIterator[Path]:
+    """The ServiceAccount, Role and RoleBinding of deploy/overlays/example-tenant applied for real (the same API
+    server plays the management cluster); yields a kubeconfig carrying that ServiceAccount's identity."""
     kube = KubeTransport(kube_api)
-    objects = render(ROOT / "deploy" / "tenant")
-    paths = []
-    for obj in objects:
-        plural = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}[obj["kind"]]
-        path = f"/apis/rbac.authorization.k8s.io/v1/{plural}"
-        try:
-            await kube.request("POST", path, body=obj)
-        except Exception:
-            await kube.request("PUT", f"{path}/{obj['metadata']['name']}", body=obj)
-        paths.append(f"{path}/{obj['metadata']['name']}")
-    yield
-    for path in paths:
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": MANAGEMENT_NAMESPACE}}
+    with contextlib.suppress(Exception):
+        await kube.request("POST", "/api/v1/namespaces", body=namespace)
+    lease = f"/apis/coordination.k8s.io/v1/namespaces/{MANAGEMENT_NAMESPACE}/leases/{LEASE}"
+    with contextlib.suppress(Exception):
+        await kube.request("DELETE", lease)
+    objects = [o for o in render(ROOT / "deploy" / "overlays" / "example-tenant")
+               if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    async with applied(kube, objects):
+        yield kube_apiserver.kubeconfig(
+            f"system:serviceaccount:{MANAGEMENT_NAMESPACE}:{SERVICE_ACCOUNT}",
+            ["system:serviceaccounts", f"system:serviceaccounts:{MANAGEMENT_NAMESPACE}"])
         with contextlib.suppress(Exception):
-            await kube.request("DELETE", path)
+            await kube.request("DELETE", lease)
 
 
 @pytest.fixture
@@ -114,15 +127,20 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 async def test_subprocess_initializes_node_through_real_keycloak_with_tenant_rbac_only(
         e2e_world: EmulatorState, emulator: EmulatorServer, keycloak: Keycloak, kube_apiserver: KubeAPIServer,
-        kube_api: ApiClient, tenant_rbac: None, tmp_path: Path) -> None:
+        kube_api: ApiClient, tenant_rbac: None, management_rbac: Path, tmp_path: Path) -> None:
     server = e2e_world.add_server(ALICE, "e2e-worker", cpu=2000, smp=1, nics=[public_dhcp_nic("94.26.101.200")])
     await register_node(kube_api, "e2e-worker")
     port = free_port()
     kubeconfig = kube_apiserver.kubeconfig("cloudsigma-ccm", [])
     log_path = tmp_path / "ccm.log"
+    admin = KubeTransport(kube_api)
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{MANAGEMENT_NAMESPACE}/leases/{LEASE}"
+    # Leader election as the Deployment does it: in-cluster identity replaced by the ServiceAccount's kubeconfig.
+    env = ccm_env(kubeconfig, keycloak, emulator, port, CLOUDSIGMA_LEADER_ELECT="true",
+                  CLOUDSIGMA_LEADER_ELECT_KUBECONFIG=str(management_rbac), POD_NAMESPACE=MANAGEMENT_NAMESPACE,
+                  CLOUDSIGMA_LEADER_ELECT_IDENTITY="e2e-pod_1")
     with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            ccm_binary(), env=ccm_env(kubeconfig, keycloak, emulator, port), stdout=log_file, stderr=log_file)
+        proc = await asyncio.create_subprocess_exec(ccm_binary(), env=env, stdout=log_file, stderr=log_file)
         try:
             async def initialized() -> dict[str, Any] | None:
                 node = await node_json(kube_api, "e2e-worker")
@@ -132,6 +150,7 @@ async def test_subprocess_initializes_node_through_real_keycloak_with_tenant_rba
             status, _ready = await wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz"), 10)
             assert status == 200
             _, metrics = await http_get(f"http://127.0.0.1:{port}/metrics")
+            held = await admin.request("GET", lease_path)
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
             code = await asyncio.wait_for(proc.wait(), 30)
@@ -143,6 +162,11 @@ async def test_subprocess_initializes_node_through_real_keycloak_with_tenant_rba
     logs = log_path.read_text()
     assert code == 0, logs[-3000:]
     assert stop_seconds < 25
+    # It led with the Lease the management Role allows (created, renewed) and gave it up on SIGTERM.
+    assert held["spec"]["holderIdentity"] == "e2e-pod_1"
+    assert metric(metrics, "cloudsigma_ccm_leader") == 1
+    assert (await admin.request("GET", lease_path))["spec"].get("holderIdentity", "") == ""
+    assert '"event": "leader_released"' in logs
     assert node["spec"]["providerID"] == f"cloudsigma://{server['uuid']}"
     assert ("ExternalIP", "94.26.101.200") in addresses(node)
     # the emulator served the calls to a bearer token minted by the real Keycloak for alice

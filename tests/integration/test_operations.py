@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.health import HealthState, create_app
+from ccm.kube.permissions import TENANT, needed, rbac_rules
 from ccm.kube.transport import KubeTransport
 from ccm.metrics import Metrics
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
@@ -200,10 +201,11 @@ async def test_doctor_reports_each_problem_in_one_line(world: EmulatorState, emu
     await register_node(kube_api, "known")
     await register_node(kube_api, "ghost")
     kube = KubeTransport(kube_api)
-    # an identity missing one permission the CCM needs: patch nodes/status
+    # an identity granted everything the CCM needs (ccm/kube/permissions.py) except patch nodes/status
+    granted = [p for p in needed(TENANT, deletion_enabled=False) if p.label != "patch nodes/status"]
+    assert len(granted) == len(needed(TENANT, deletion_enabled=False)) - 1
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "doctor-partial"},
-            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch", "update"]},
-                      {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]}
+            "rules": rbac_rules(granted)}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                "metadata": {"name": "doctor-partial"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "doctor-partial"},
@@ -230,6 +232,8 @@ async def test_doctor_reports_each_problem_in_one_line(world: EmulatorState, emu
     assert len(secret_line) == 1 and "CLOUDSIGMA_CLIENT_SECRET" in secret_line[0]
     rbac_line = [ln for ln in lines if "patch nodes/status" in ln]
     assert len(rbac_line) == 1 and "FAIL" in rbac_line[0] and "DENIED" in rbac_line[0]
+    others = [ln for ln in lines if ln.startswith("rbac") and "patch nodes/status" not in ln]
+    assert len(others) == len(granted) and all(" OK " in ln for ln in others), others
     ghost_line = [ln for ln in lines if ln.split()[1:2] == ["ghost"]]
     assert len(ghost_line) == 1 and "FAIL" in ghost_line[0] and "no server named 'ghost'" in ghost_line[0]
     known_line = [ln for ln in lines if ln.split()[1:2] == ["known"]]

@@ -1,38 +1,33 @@
-"""deploy/tenant/csr-approval: exactly what the CSR approver does, and only where it is chosen."""
+"""deploy/tenant/csr-approval: exactly the CSR approver's declared permissions, and only where it is chosen."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ccm.csr.apply import CSRS
-from ccm.csr.request import KUBELET_SERVING
+from ccm.kube.permissions import TENANT, needed
 from tests.realenv.kustomize import find_object, render
-from tests.unit.test_deploy_render import compare_with_kubectl, rules_of
+from tests.unit.test_deploy_render import expected_rules, rules_of
 
-TENANT = Path(__file__).resolve().parents[2] / "deploy" / "tenant"
+TENANT_DIR = Path(__file__).resolve().parents[2] / "deploy" / "tenant"
 NAME = "cloudsigma-ccm-csr-approval"
 
 
-def test_component_grants_exactly_the_approvers_calls() -> None:
-    objects = render(TENANT / "csr-approval")
-    compare_with_kubectl(TENANT / "csr-approval", objects)
+def test_component_grants_exactly_the_approvers_permissions() -> None:
+    objects = render(TENANT_DIR / "csr-approval")
     assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
         ("ClusterRole", NAME), ("ClusterRoleBinding", NAME)]
-    group = CSRS.split("/")[2]
-    assert rules_of(find_object(objects, "ClusterRole", NAME)) == {
-        (group, "certificatesigningrequests", "get", None),  # re-read after a conflict
-        (group, "certificatesigningrequests", "list", None),
-        (group, "certificatesigningrequests", "watch", None),
-        (group, "certificatesigningrequests/approval", "update", None),
-        (group, "signers", "approve", KUBELET_SERVING),  # this signer only
-    }
+    approver = [p for p in TENANT if p.when == "csr-approval"]
+    assert rules_of(find_object(objects, "ClusterRole", NAME)) == expected_rules(approver)
+    # The signer rule is the one that can be scoped, and is: approving any other signer's CSR is refused.
+    assert ("certificates.k8s.io", "signers", "approve", "kubernetes.io/kubelet-serving") in expected_rules(approver)
     binding = find_object(objects, "ClusterRoleBinding", NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME}
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "cloudsigma-ccm"}]
 
 
 def test_component_is_off_unless_chosen() -> None:
-    for variant in (TENANT, TENANT / "without-deletion"):
+    assert not [p for p in needed(TENANT, deletion_enabled=True) if p.when == "csr-approval"]
+    for variant in (TENANT_DIR, TENANT_DIR / "without-deletion"):
         objects = render(variant)
         assert not [o for o in objects if "csr" in o["metadata"]["name"]], variant
         for obj in objects:
