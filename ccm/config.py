@@ -5,7 +5,8 @@ Every setting is an env var ``CLOUDSIGMA_<NAME>`` and a flag ``--<name>`` (flags
 cloud-controller-manager flag names are used where upstream has one (``--concurrent-node-syncs``,
 ``--node-status-update-frequency``, ``--node-monitor-period``, ``--leader-elect*``, ``--kubeconfig``).
 Secrets may also come from files: ``CLOUDSIGMA_CLIENT_SECRET_FILE``, ``CLOUDSIGMA_PASSWORD_FILE``,
-``CLOUDSIGMA_TOKEN_FILE``.
+``CLOUDSIGMA_STATIC_TOKEN_FILE``, ``CLOUDSIGMA_CLIENT_ASSERTION_FILE``, ``CLOUDSIGMA_CLIENT_PRIVATE_KEY_FILE``. They
+are checked here (readable, not empty) and read by the credential providers, which re-read them when they change.
 """
 
 from __future__ import annotations
@@ -89,14 +90,30 @@ class Settings(BaseSettings):
     oauth_realm: str = Field("cloudsigma", description="Realm used when the OAuth URL is not a realm issuer.")
     client_id: str | None = Field(None, description="OAuth client id of the CCM's service account.")
     client_secret: SecretStr | None = Field(None, description="OAuth client secret (or CLOUDSIGMA_CLIENT_SECRET_FILE).")
-    client_secret_file: Path | None = Field(None, description="File holding the client secret.")
+    client_secret_file: Path | None = Field(None, description="File holding the client secret, re-read when it "
+                                            "changes.")
+    client_assertion_file: Path | None = Field(
+        None, description="Secretless client authentication: a projected service-account token sent as an RFC 7523 "
+        "client assertion instead of a client secret; re-read when the kubelet rotates it.")
+    client_assertion_audience: str | None = Field(
+        None, description="The one audience the projected token must carry; default: the realm issuer (what "
+        "Keycloak expects).")
+    client_private_key_file: Path | None = Field(
+        None, description="private_key_jwt client authentication: a PEM RSA/EC private key whose public key is "
+        "registered with the client, instead of a client secret.")
+    token_issuer: str | None = Field(None, description="Issuer every impersonated token must come from (checked "
+                                     "with its JWKS); default: the realm issuer of the OAuth URL.")
+    impersonation_subject_claims: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["preferred_username", "email"],
+        description="Token claims of which one must equal the user email (case-insensitive) for an impersonated "
+        "token to be used (comma-separated).")
     token_audience: str | None = Field(None, description="Audience requested in the token exchange (API client).")
     uma_audience: str = Field("service_provider_api", description="UMA audience of the service-provider flow.")
 
     # -- legacy username/password --
     username: str | None = Field(None, description="CloudSigma username (email) for HTTP basic auth: the fallback.")
     password: SecretStr | None = Field(None, description="CloudSigma password (or CLOUDSIGMA_PASSWORD_FILE).")
-    password_file: Path | None = Field(None, description="File holding the password.")
+    password_file: Path | None = Field(None, description="File holding the password, re-read when it changes.")
 
     # -- static bearer token --
     static_token: SecretStr | None = Field(None, description="A bearer token used as is (env CLOUDSIGMA_STATIC_TOKEN).")
@@ -221,6 +238,26 @@ class Settings(BaseSettings):
                     raise ValueError(f"has {pattern!r}: a '*' may only end a name (it matches by prefix)")
         return value
 
+    @field_validator("impersonation_subject_claims", mode="before")
+    @classmethod
+    def _subject_claims(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must name at least one claim, e.g. preferred_username,email")
+            bad = [v for v in value if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", v)]
+            if bad:
+                raise ValueError("must be claim names separated by commas, e.g. preferred_username,email")
+        return value
+
+    @field_validator("token_issuer")
+    @classmethod
+    def _token_issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _check_url_template(value.rstrip("/"), what="token issuer")
+
     @field_validator("api_url", "impersonation_api_url", "service_provider_url")
     @classmethod
     def _url_template(cls, value: str) -> str:
@@ -260,14 +297,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _combinations(self) -> Settings:
-        self.client_secret = self.client_secret or _read_secret(self.client_secret_file, "client_secret_file")
-        self.password = self.password or _read_secret(self.password_file, "password_file")
+        # Secret files are read by the providers (and re-read on rotation); here they must be usable at start.
+        for name in ("client_secret_file", "password_file", "static_token_file", "client_assertion_file",
+                     "client_private_key_file"):
+            _check_secret_file(getattr(self, name), name)
         if self.kubeconfig is None and os.environ.get("KUBECONFIG"):
             self.kubeconfig = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
         if not self.region:
             raise _cross("region", "is required: set it to the CloudSigma location of the cluster (e.g. zrh)")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.region):
             raise _cross("region", f"{self.region!r} is not a location id (lower-case letters, digits, '-')")
+        if self.client_assertion_audience and self.client_assertion_file is None:
+            raise _cross("client_assertion_file", "is missing: CLOUDSIGMA_CLIENT_ASSERTION_AUDIENCE is set, but not "
+                         "the file holding the projected service-account token")
         if self.impersonation_enabled:
             if not self.user_email:
                 raise _cross("user_email", "is required when impersonation is enabled: set the cluster owner's email")
@@ -275,11 +317,24 @@ class Settings(BaseSettings):
                 raise _cross("oauth_url", "is required when impersonation is enabled: set the Keycloak URL")
             if not self.client_id:
                 raise _cross("client_id", "is required when impersonation is enabled")
-            if self.client_secret is None or not self.client_secret.get_secret_value():
-                raise _cross("client_secret", "is required when impersonation is enabled "
-                             "(or CLOUDSIGMA_CLIENT_SECRET_FILE)")
-        has_password = bool(self.username and self.password is not None and self.password.get_secret_value())
-        if bool(self.username) != (self.password is not None):
+            has_secret = self.client_secret is not None and bool(self.client_secret.get_secret_value())
+            methods = [m for m, on in (("a client secret", has_secret or self.client_secret_file is not None),
+                                       ("CLOUDSIGMA_CLIENT_ASSERTION_FILE", self.client_assertion_file is not None),
+                                       ("CLOUDSIGMA_CLIENT_PRIVATE_KEY_FILE", self.client_private_key_file is not None))
+                       if on]
+            if not methods:
+                raise _cross("client_secret", "is required when impersonation is enabled: set it (or "
+                             "CLOUDSIGMA_CLIENT_SECRET_FILE), or CLOUDSIGMA_CLIENT_ASSERTION_FILE for secretless "
+                             "authentication with a projected service-account token, or "
+                             "CLOUDSIGMA_CLIENT_PRIVATE_KEY_FILE for private_key_jwt")
+            if len(methods) > 1:
+                raise _cross("client_assertion_file" if self.client_assertion_file is not None
+                             else "client_private_key_file",
+                             f"cannot be combined with {methods[0]}: configure one way for the client to "
+                             "authenticate")
+        has_password_value = self.password is not None and bool(self.password.get_secret_value())
+        has_password = bool(self.username and (has_password_value or self.password_file is not None))
+        if bool(self.username) != (self.password is not None or self.password_file is not None):
             raise _cross("password" if self.username else "username",
                          "username and password must be set together")
         has_static = self.static_token is not None or self.static_token_file is not None
@@ -301,8 +356,6 @@ class Settings(BaseSettings):
         if not self.user_email:
             # Password-only deployments act as the basic-auth user.
             self.user_email = self.username
-        if self.static_token_file is not None and not self.static_token_file.is_file():
-            raise _cross("static_token_file", f"{self.static_token_file} is not a readable file")
         if self.kubeconfig is not None and not (self.kubeconfig.is_file() and os.access(self.kubeconfig, os.R_OK)):
             raise _cross("kubeconfig", f"{self.kubeconfig} is not a readable file: mount the tenant kubeconfig there")
         if self.leader_elect_renew_deadline >= self.leader_elect_lease_duration:
@@ -329,14 +382,18 @@ def _cross(field: str, message: str) -> _CrossFieldError:
     return _CrossFieldError(field, message)
 
 
-def _read_secret(path: Path | None, field: str) -> SecretStr | None:
+def _check_secret_file(path: Path | None, field: str) -> None:
+    """A secret file must be readable and not empty at start-up (later the providers keep its last good content)."""
     if path is None:
-        return None
+        return
     try:
-        text = path.read_text().strip()
+        text = path.read_text()
     except OSError as exc:
-        raise _cross(field, f"cannot read {path}: {exc.strerror}") from None
-    return SecretStr(text) if text else None
+        raise _cross(field, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise _cross(field, f"{path} is not UTF-8 text") from None
+    if not text.strip():
+        raise _cross(field, f"{path} is empty")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

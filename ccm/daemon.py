@@ -104,7 +104,7 @@ async def build(settings: Settings, redactor: Redactor) -> Components:
     metrics = Metrics()
     for secret in secrets_of(settings):
         redactor.add(secret)
-    chain = build_chain(settings, on_event=metrics.credential_event)
+    chain = build_chain(settings, on_event=metrics.credential_event, on_secret=redactor.add)
     source = RedactingSource(chain, redactor)
     user = settings.user_email or ""
     client = CloudSigmaClient(
@@ -185,6 +185,7 @@ async def run(settings: Settings, redactor: Redactor) -> int:
     parts = await build(settings, redactor)
     health = HealthState(last_watch_activity=lambda: parts.watcher.last_activity,
                          watch_stale_after=max(3 * settings.watch_timeout, 120.0))
+    health.credentials, health.redact = parts.chain.status, redactor.redact_text
     runner: web.AppRunner | None = None
     if settings.metrics_bind_address:
         runner = await start_server(create_app(health, parts.metrics), settings.metrics_bind_address)

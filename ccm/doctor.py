@@ -27,8 +27,10 @@ from ccm.nodes.view import node_view
 from ccm.servercache import ServerSnapshot
 from cloudsigma.client import CloudSigmaClient, RetryPolicy
 from cloudsigma.errors import CloudSigmaError
-from credentials.base import CredentialError
-from credentials.factory import build_chain
+from credentials.base import Credential, CredentialError, NoCredential
+from credentials.cache import TokenCache
+from credentials.chain import CredentialChain
+from credentials.factory import build_chain, build_verifier
 from credentials.registry import create_provider
 
 Status = Literal["ok", "warn", "fail"]
@@ -63,6 +65,7 @@ async def collect(settings: Settings, redactor: Redactor) -> list[Check]:
 
 
 async def _credential_checks(settings: Settings, redactor: Redactor) -> list[Check]:
+    """Each provider on its own, through a one-provider chain so its token is verified as the daemon would."""
     out: list[Check] = []
     user = settings.user_email or ""
     for name in settings.credential_chain:
@@ -71,21 +74,20 @@ async def _credential_checks(settings: Settings, redactor: Redactor) -> list[Che
         except Exception as exc:
             out.append(Check("credentials", name, "fail", f"cannot build provider: {exc}"))
             continue
+        chain = CredentialChain([provider], TokenCache(maxsize=4), verifier=build_verifier(settings),
+                                on_secret=redactor.add)
         try:
-            credential = await provider.acquire(user, settings.region)
+            credential = await chain.get(user, settings.region)
             redactor.add(credential.secret.get_secret_value())
-            ident = credential.identity
-            claims = {k: ident.claims[k] for k in ("sub", "azp", "aud", "exp", "preferred_username", "email")
-                      if k in ident.claims}
-            out.append(Check("credentials", name, "ok",
-                             f"credential acquired for {ident.user or user} -> {credential.api_url(settings.region)}"
-                             + (f"; claims {claims}" if claims else ""),
-                             {"claims": claims, "requested_subject": ident.requested_subject,
-                              "impersonated": credential.impersonated}))
-        except CredentialError as exc:
-            out.append(Check("credentials", name, "fail", f"{exc.reason}: {exc.message}"))
+            status = chain.status()[0]
+            out.append(Check("credentials", name, "ok", _credential_detail(credential, settings.region, status),
+                             status))
+        except NoCredential as exc:
+            failure = exc.failures[0] if exc.failures else exc
+            out.append(Check("credentials", name, "fail", f"{failure.reason}: {failure.message}",
+                             chain.status()[0]))
         finally:
-            await provider.aclose()
+            await chain.aclose()
     if out and all(c.status == "fail" for c in out):
         out.append(Check("credentials", "chain", "fail", "no provider in the chain can produce a credential"))
     elif out and out[0].status == "fail":
@@ -94,9 +96,34 @@ async def _credential_checks(settings: Settings, redactor: Redactor) -> list[Che
     return out
 
 
+def _credential_detail(credential: Credential, region: str, status: dict[str, Any]) -> str:
+    """One line: whom the credential acts as, how it was verified, when it expires, how the client authenticates."""
+    ident = credential.identity
+    claims = {k: ident.claims[k] for k in ("sub", "azp", "aud", "exp", "preferred_username", "email")
+              if k in ident.claims}
+    text = f"credential acquired for {ident.user or '?'} -> {credential.api_url(region)}"
+    verification = ident.verification
+    if verification is not None:
+        text += f"; token {verification.status}"
+        if verification.matched_claim:
+            text += f" ({verification.matched_claim} = {ident.claims.get(verification.matched_claim)!r}"
+            text += f", issuer {verification.issuer}, key {verification.kid})"
+        elif verification.detail:
+            text += f" ({verification.detail})"
+    current = status.get("current") or {}
+    if current.get("expires_in") is not None:
+        text += f"; expires in {current['expires_in']:.0f}s"
+    if status.get("client_auth"):
+        text += f"; client authenticates with {status['client_auth']} ({status.get('client_auth_source')}"
+        if status.get("public_key_thumbprint"):
+            text += f", public key thumbprint {status['public_key_thumbprint']}"
+        text += ")"
+    return text + (f"; claims {claims}" if claims else "")
+
+
 async def _cloud_checks(settings: Settings, redactor: Redactor) -> tuple[
         ServerSnapshot | None, list[Check], CloudSigmaClient, Any]:
-    chain = build_chain(settings)
+    chain = build_chain(settings, on_secret=redactor.add)
     client = CloudSigmaClient(RedactingSource(chain, redactor), user_email=settings.user_email or "",
                               region=settings.region, timeout=settings.http_timeout, retry=RetryPolicy(attempts=2),
                               page_size=settings.api_page_size)

@@ -6,13 +6,18 @@ Neither probe depends on CloudSigma or the identity provider: a cloud outage mus
   (an event, a bookmark or a relist) within ``watch_stale_after``.
 - ``/readyz``: the initial node list has been synced — or this replica is a standby (not leading), which is
   ready by design so rolling updates are not blocked.
+- ``/debug/credentials``: where each credential provider stands (JSON): configured or not, how the client
+  authenticates, last success and failure with time and reason, the verified identity and expiry of the newest
+  token. Never a token or a secret (and the daemon's log redactor scrubs the answer too).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +30,10 @@ class HealthState:
     synced: bool = False
     last_watch_activity: Callable[[], float] | None = None
     watch_stale_after: float = 900.0
+    #: The credential chain's ``status()`` (see :meth:`credentials.chain.CredentialChain.status`).
+    credentials: Callable[[], list[dict[str, Any]]] | None = None
+    #: Scrubs known secrets from text served (the log redactor's ``redact_text``).
+    redact: Callable[[str], str] | None = None
 
 
 def create_app(state: HealthState, metrics: Metrics) -> web.Application:
@@ -42,6 +51,13 @@ def create_app(state: HealthState, metrics: Metrics) -> web.Application:
             return web.Response(status=503, text="initial node list not synced yet\n")
         return web.Response(text="ok\n")
 
+    async def debug_credentials(_: web.Request) -> web.Response:
+        providers = state.credentials() if state.credentials is not None else []
+        text = json.dumps({"generated_at": round(time.time(), 3), "providers": providers}, indent=2, default=str)
+        if state.redact is not None:
+            text = state.redact(text)
+        return web.Response(text=text + "\n", content_type="application/json")
+
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
@@ -50,6 +66,7 @@ def create_app(state: HealthState, metrics: Metrics) -> web.Application:
     app.router.add_get("/livez", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/debug/credentials", debug_credentials)
     return app
 
 

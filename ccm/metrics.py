@@ -30,6 +30,13 @@ class Metrics:
         self.credential_fallbacks = Counter("cloudsigma_ccm_credential_fallbacks_total",
                                             "Times the chain fell back past a provider.", ["provider", "reason"],
                                             registry=r)
+        self.token_verifications = Counter(
+            "cloudsigma_ccm_token_verifications_total", "Impersonated tokens checked before use, by result "
+            "(verified, opaque, unverifiable, subject_mismatch, token_unknown_key, ...).", ["provider", "result"],
+            registry=r)
+        self.subject_mismatches = Counter(
+            "cloudsigma_ccm_impersonation_subject_mismatches_total",
+            "Impersonated tokens refused because they do not act as the requested user.", ["provider"], registry=r)
         self.reconciles = Counter("cloudsigma_ccm_reconciles_total", "Reconciles by controller and result.",
                                   ["controller", "result"], registry=r)
         self.reconcile_duration = Histogram("cloudsigma_ccm_reconcile_duration_seconds", "Reconcile duration.",
@@ -67,13 +74,19 @@ class Metrics:
 
     def credential_event(self, event: str, provider: str) -> None:
         """Hook for the credential cache and chain: hit/miss/refresh/expired/coalesced/backoff (cache),
-        stored/error (an acquisition's result), fallback:<reason> (the chain moved past a provider)."""
+        stored/error (an acquisition's result), fallback:<reason> (the chain moved past a provider),
+        verify:<result> (an impersonated token was checked)."""
         if event in ("hit", "miss", "refresh", "expired", "coalesced", "backoff"):
             self.token_cache.labels(event, provider).inc()
         elif event in ("stored", "error"):
             self.token_acquisitions.labels(provider, "success" if event == "stored" else "error").inc()
         elif event.startswith("fallback"):
             self.credential_fallbacks.labels(provider, event.partition(":")[2] or "error").inc()
+        elif event.startswith("verify:"):
+            result = event.partition(":")[2] or "error"
+            self.token_verifications.labels(provider, result).inc()
+            if result == "subject_mismatch":
+                self.subject_mismatches.labels(provider).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,12 +9,47 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import SecretStr
 
 AuthScheme = Literal["bearer", "basic"]
+VerificationStatus = Literal["verified", "opaque", "unverifiable"]
+
+#: Called with every secret value a provider loads (at start and after a rotation), e.g. a log redactor's ``add``.
+SecretSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What checking an impersonated token before its first use found (see :mod:`credentials.verify`)."""
+
+    #: ``verified``: signature, times, issuer and subject checked; ``opaque``: not a JWT, nothing to check;
+    #: ``unverifiable``: a JWT, but no issuer is configured to check it against.
+    status: VerificationStatus
+    issuer: str | None = None
+    kid: str | None = None
+    alg: str | None = None
+    #: The claim that named the requested user (``preferred_username`` or ``email`` by default).
+    matched_claim: str | None = None
+    #: The issuer's keys had to be fetched again for this token (a key rotation, or the first token).
+    keys_refreshed: bool = False
+    #: Why a token could not be verified (``unverifiable``/``opaque``).
+    detail: str | None = None
+    #: Time spent verifying (signature, claims, and a JWKS fetch when ``keys_refreshed``).
+    duration_ms: float = 0.0
+
+    def log_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"token_verified": self.status}
+        if self.matched_claim:
+            fields["token_subject_claim"] = self.matched_claim
+        if self.kid:
+            fields["token_kid"] = self.kid
+        if self.detail:
+            fields["token_verification_detail"] = self.detail
+        return fields
 
 
 @dataclass(frozen=True)
@@ -28,6 +63,11 @@ class Identity:
     claims: dict[str, Any] = field(default_factory=dict)
     #: For impersonation: the subject that was requested (seed 001: which user did we ask for?).
     requested_subject: str | None = None
+    #: What the identity provider answered besides the token (endpoint, ``issued_token_type``, ``scope``,
+    #: ``expires_in``), for diagnosing a token that acts as the wrong user. Never holds a token.
+    answer: Mapping[str, Any] = field(default_factory=dict)
+    #: Set by the chain once an impersonated token was checked (see :mod:`credentials.verify`).
+    verification: Verification | None = None
 
     @property
     def subject(self) -> str | None:
@@ -43,6 +83,8 @@ class Identity:
         for key in ("sub", "azp", "aud", "exp", "iss", "preferred_username"):
             if key in self.claims:
                 fields[f"token_{key}"] = self.claims[key]
+        if self.verification is not None:
+            fields.update(self.verification.log_fields())
         return fields
 
 
@@ -133,6 +175,35 @@ class CredentialRejected(CredentialError):
     reason = "rejected"
 
 
+class ImpersonationSubjectMismatch(CredentialRejected):
+    """An impersonated token does not act as the requested user: it is never used.
+
+    Carries what an operator needs to see which side is wrong: the requested user, the token's subject,
+    username, email and authorized party, and what the identity provider answered.
+    """
+
+    reason = "impersonation_subject_mismatch"
+
+    def __init__(self, message: str, *, provider: str, requested: str, claims: Mapping[str, Any],
+                 accepted_claims: tuple[str, ...], answer: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, provider=provider, user=requested)
+        self.requested = requested
+        self.claims = dict(claims)
+        self.accepted_claims = accepted_claims
+        self.answer = dict(answer or {})
+
+    def log_fields(self) -> dict[str, Any]:
+        fields = super().log_fields()
+        fields["requested_user"] = self.requested
+        fields["accepted_claims"] = list(self.accepted_claims)
+        for key in ("sub", "preferred_username", "email", "azp", "iss", "aud"):
+            if key in self.claims:
+                fields[f"token_{key}"] = self.claims[key]
+        for key, value in self.answer.items():
+            fields[f"idp_{key}"] = value
+        return fields
+
+
 class NoCredential(CredentialError):
     """Every provider in the chain failed; ``failures`` holds each one's error."""
 
@@ -158,3 +229,23 @@ class CredentialProvider(Protocol):
     async def aclose(self) -> None:
         """Release HTTP sessions."""
         ...
+
+
+@runtime_checkable
+class Describable(Protocol):
+    """A provider that can say how it is configured, for ``doctor`` and ``/debug/credentials``.
+
+    ``describe()`` returns plain data, never a secret: ``configured`` (bool), ``missing`` (settings to set),
+    and for OAuth clients ``client_auth`` (``client_secret``, ``client_assertion`` or ``private_key_jwt``)
+    with where it comes from (``client_auth_source``: an env var or a file path).
+    """
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SecretHolder(Protocol):
+    """A provider that loads secrets (from settings or watched files) and reports each value it loads to a
+    sink, so the daemon's log redactor knows rotated secrets too."""
+
+    def attach_secret_sink(self, sink: SecretSink) -> None: ...

@@ -9,8 +9,15 @@ returns to impersonation by itself.
 A 403 is not a credential problem (seed 001: the server belongs to somebody else), so by default it is
 never retried with another provider's — broader — credentials; ``allow_fallback_on_forbidden`` opts in.
 
-Log events: ``credential_acquired`` (info, token claims — never the token), ``impersonation_subject_mismatch``
-(warning), ``credential_fallback`` / ``credential_provider_failed`` (warning, once per episode),
+Every impersonated token is checked before it is handed out (:mod:`credentials.verify`): a token for another
+subject, or one the configured issuer did not sign, fails its provider like any other error (fallback rules
+unchanged) and is never cached or used.
+
+Log events: ``credential_acquired`` (info, token claims and how the token was verified — never the token),
+``impersonation_subject_mismatch`` (error: requested user, the token's sub/username/email/azp and the identity
+provider's answer), ``token_verification_failed`` (error), ``token_unverifiable`` (warning, once per provider:
+an opaque token, or no issuer to check against), ``credential_fallback`` / ``credential_provider_failed``
+(warning, once per episode),
 ``credential_provider_still_failing`` (debug), ``credential_provider_recovered`` (info),
 ``credential_chain_exhausted`` (error, once per episode), ``credential_invalidated`` (info),
 ``credential_forbidden_fallback`` (warning), ``credential_forbidden_no_fallback`` (debug),
@@ -23,7 +30,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -36,9 +43,15 @@ from credentials.base import (
     CredentialError,
     CredentialProvider,
     CredentialUnavailable,
+    Describable,
+    ImpersonationSubjectMismatch,
     NoCredential,
+    SecretHolder,
+    SecretSink,
 )
 from credentials.cache import CacheAware, CacheKey, TokenCache
+from credentials.status import ProviderStatus
+from credentials.verify import TokenVerifier
 
 __all__ = ["CredentialChain", "normalize_email"]
 
@@ -67,6 +80,8 @@ class CredentialChain:
         logger: Any = None,
         allow_fallback_on_forbidden: bool = False,
         clock: Callable[[], float] = time.time,
+        verifier: TokenVerifier | None = None,
+        on_secret: SecretSink | None = None,
     ) -> None:
         if not providers:
             raise ValueError("a credential chain needs at least one provider")
@@ -80,13 +95,21 @@ class CredentialChain:
         self.allow_fallback_on_forbidden = allow_fallback_on_forbidden
         self._log: Any = logger if logger is not None else structlog.get_logger(__name__)
         self._clock = clock
+        #: Checks impersonated tokens; without an issuer it can only check whom their claims name.
+        self.verifier = verifier if verifier is not None else TokenVerifier(None, None)
         for provider in self._providers:
             if isinstance(provider, CacheAware):
                 provider.attach_cache(cache)
+            if on_secret is not None and isinstance(provider, SecretHolder):
+                provider.attach_secret_sink(on_secret)
+        self._status = {p.name: ProviderStatus(p.name) for p in self._providers}
+        self._unverifiable_logged: set[tuple[str, str]] = set()
         size = max(cache.maxsize, 16)
         self._episodes: LRUCache[_Key, _Episode] = LRUCache(size)
         self._exhausted: LRUCache[tuple[str, str], float] = LRUCache(size)
-        self._uncached_last: LRUCache[_Key, Credential] = LRUCache(size)
+        #: Uncached providers (static token, password): the last raw credential and its checked version — or the
+        #: error that refused it, so a refused static token is not verified (and logged) again on every call.
+        self._uncached_last: LRUCache[_Key, tuple[Credential, Credential | CredentialError]] = LRUCache(size)
         self._last_used: LRUCache[tuple[str, str], str] = LRUCache(size)
         self._active: str | None = None
 
@@ -119,6 +142,20 @@ class CredentialChain:
             ],
             "cache": self.cache.snapshot(),
         }
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per provider, in chain order: configured or not, how the client authenticates, the last success and
+        failure (time, reason), and the verified identity and expiry of the newest token. No token, no secret."""
+        out: list[dict[str, Any]] = []
+        for provider in self._providers:
+            entry = self._status[provider.name].snapshot(self._clock())
+            if isinstance(provider, Describable):
+                try:
+                    entry.update(provider.describe())
+                except Exception as exc:  # diagnostics must not fail
+                    entry["describe_error"] = type(exc).__name__
+            out.append(entry)
+        return out
 
     # -- getting a credential ----------------------------------------------------------------------------
 
@@ -183,6 +220,7 @@ class CredentialChain:
 
     async def aclose(self) -> None:
         await self.cache.aclose()
+        await self.verifier.aclose()
         for provider in self._providers:
             try:
                 await provider.aclose()
@@ -199,6 +237,14 @@ class CredentialChain:
         return await self.cache.get(key, partial(self._acquire, provider, email, region, cached=True))
 
     async def _acquire(self, provider: CredentialProvider, email: str, region: str, *, cached: bool) -> Credential:
+        try:
+            return await self._acquire_checked(provider, email, region, cached=cached)
+        except CredentialError as exc:
+            self._status[provider.name].failed(self._clock(), exc)
+            raise
+
+    async def _acquire_checked(self, provider: CredentialProvider, email: str, region: str, *,
+                               cached: bool) -> Credential:
         try:
             credential = await provider.acquire(email, region)
         except CredentialError as exc:
@@ -218,13 +264,59 @@ class CredentialChain:
         if not isinstance(credential, Credential):
             raise CredentialUnavailable(f"returned a {type(credential).__name__}, not a Credential",
                                         provider=provider.name, user=email or None, reason="internal_error")
+        key = (provider.name, email, region)
         if not cached:
-            key = (provider.name, email, region)
-            if self._uncached_last.get(key) is credential:
-                return credential
-            self._uncached_last[key] = credential
-        self._log_acquired(credential, email, region)
-        return credential
+            last = self._uncached_last.get(key)
+            if last is not None and last[0] is credential:
+                if isinstance(last[1], CredentialError):
+                    raise last[1].with_traceback(None)
+                return last[1]
+        try:
+            checked = await self._verify(provider.name, credential, email, region)
+        except CredentialUnavailable:
+            raise  # e.g. the issuer's keys could not be fetched: check again next time
+        except CredentialError as exc:
+            if not cached:
+                self._uncached_last[key] = (credential, exc)
+            raise
+        if not cached:
+            self._uncached_last[key] = (credential, checked)
+        self._status[provider.name].acquired(self._clock(), checked, region)
+        self._log_acquired(checked, email, region)
+        return checked
+
+    async def _verify(self, name: str, credential: Credential, email: str, region: str) -> Credential:
+        """``credential`` with its :class:`Verification`, or the typed error that keeps it from being used."""
+        if not credential.impersonated or credential.scheme != "bearer":
+            return credential
+        identity = credential.identity
+        requested = identity.requested_subject or email
+        try:
+            verification = await self.verifier.verify(credential.secret.get_secret_value(), requested_user=requested,
+                                                      provider=name, answer=identity.answer)
+        except ImpersonationSubjectMismatch as exc:
+            self._emit("verify:subject_mismatch", name)
+            self._log.error("impersonation_subject_mismatch", **exc.log_fields(), region=region, message=exc.message)
+            raise
+        except CredentialError as exc:
+            self._emit(f"verify:{exc.reason}", name)
+            self._log.error("token_verification_failed", **{**identity.log_fields(), **exc.log_fields()},
+                            requested_user=requested, region=region, message=exc.message)
+            raise
+        self._emit(f"verify:{verification.status}", name)
+        if verification.status != "verified" and (name, verification.status) not in self._unverifiable_logged:
+            self._unverifiable_logged.add((name, verification.status))
+            self._log.warning("token_unverifiable", credential_provider=name, token_verified=verification.status,
+                              detail=verification.detail, requested_user=requested, note="used as is")
+        return replace(credential, identity=replace(identity, verification=verification))
+
+    def _emit(self, event: str, provider: str) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event, provider)
+        except Exception:  # a metrics hook must never break credentials
+            self._log.debug("credential_event_hook_failed")
 
     def _log_acquired(self, credential: Credential, email: str, region: str) -> None:
         identity = credential.identity
@@ -236,22 +328,15 @@ class CredentialChain:
             api_host = URL(credential.api_url(region)).host
         except ValueError:
             api_host = None
+        verification = identity.verification
+        if verification is not None and verification.status == "verified":
+            fields["verify_ms"] = verification.duration_ms
         self._log.info("credential_acquired", region=region, impersonated=credential.impersonated,
                        expires_in=None if left is None else round(left), api_host=api_host, **fields)
-        subject = identity.requested_subject
-        names = [str(identity.claims[c]).lower() for c in ("preferred_username", "email") if c in identity.claims]
-        if credential.impersonated and subject and names and subject.lower() not in names:
-            self._log.warning("impersonation_subject_mismatch", requested_subject=subject,
-                              token_preferred_username=identity.claims.get("preferred_username"),
-                              token_email=identity.claims.get("email"), token_sub=identity.claims.get("sub"),
-                              credential_provider=identity.provider, region=region)
 
     def _note_failure(self, name: str, email: str, region: str, exc: CredentialError, following: str | None) -> None:
-        if following is not None and self.on_event is not None:
-            try:
-                self.on_event(f"fallback:{exc.reason}", name)  # every fallback counts; the log says it once
-            except Exception:  # a metrics hook must never break credentials
-                self._log.debug("credential_event_hook_failed")
+        if following is not None:
+            self._emit(f"fallback:{exc.reason}", name)  # every fallback counts; the log says it once
         key = (name, email, region)
         episode = self._episodes.get(key)
         fields = {"credential_provider": name, "reason": exc.reason, "message": exc.message,

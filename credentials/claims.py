@@ -1,18 +1,19 @@
 """Read a token's claims for logging, and decide when it expires.
 
-Nothing here verifies a signature: the claims are only logged (who is this token for?) and used as an
-expiry hint. The API that receives the token does the verifying. Opaque (non-JWT) tokens are fine: they
-simply have no claims.
+Nothing here verifies a signature (that is :mod:`credentials.verify`): the claims read here are logged
+(who is this token for?) and used as an expiry hint. The JWS compact form is parsed by ``joserfc``.
+Opaque (non-JWT) tokens are fine: they simply have no claims.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 from collections.abc import Mapping
 from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
 
 #: Claims worth logging: enough to answer "which user does this token act as, issued to which client?"
 LOGGED_CLAIMS: tuple[str, ...] = ("sub", "azp", "aud", "exp", "iss", "preferred_username", "email")
@@ -23,20 +24,29 @@ DEFAULT_TOKEN_LIFETIME = 15 * 60.0
 _MAX_TOKEN_LENGTH = 64 * 1024
 
 
+def parse_jws(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The (header, claims) of a JWS compact token, unverified; ``None`` for anything that is not one.
+
+    A token "claims to be a JWT" when this returns something: three segments, a JSON header naming an
+    ``alg`` and a JSON object as payload. Encrypted (5-segment) tokens are unreadable by design.
+    """
+    if not token or len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 2:
+        return None
+    try:
+        compact = jws.extract_compact(token.encode("ascii"))
+        header = dict(compact.headers())
+        claims = json.loads(compact.payload)
+    except (JoseError, ValueError, UnicodeError, TypeError):
+        return None
+    if not isinstance(claims, dict) or not isinstance(header.get("alg"), str):
+        return None
+    return header, claims
+
+
 def decode_claims(token: str) -> dict[str, Any]:
     """All claims of a JWS compact token, unverified; ``{}`` for anything that is not one."""
-    if not token or len(token) > _MAX_TOKEN_LENGTH:
-        return {}
-    parts = token.split(".")
-    if len(parts) != 3:  # 5 parts would be an encrypted JWE: unreadable by design
-        return {}
-    payload = parts[1]
-    try:
-        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        claims = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
+    parsed = parse_jws(token)
+    return parsed[1] if parsed is not None else {}
 
 
 def loggable_claims(claims: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Keycloak legacy token exchange (RFC 8693 "direct naked impersonation").
 
-``POST {token_endpoint}`` with the client's id and secret, ``requested_subject=<user>`` and
+``POST {token_endpoint}`` authenticated as the CCM's client (a secret, a projected service-account token as
+client assertion, or a private-key JWT: :mod:`credentials.clientauth`), ``requested_subject=<user>`` and
 ``requested_token_type=access_token``; the answer is an access token acting as that user, to be used
 against the ``direct.`` API host. Only the *legacy* exchange supports ``requested_subject``
 (``--features=token-exchange,admin-fine-grained-authz:v1``); Keycloak's standard V2 exchange refuses it.
@@ -20,12 +21,12 @@ from pydantic import SecretStr
 from yarl import URL
 
 from credentials.base import Credential, CredentialError
+from credentials.clientauth import ClientAuthentication, client_authentication_from
 from credentials.config_protocol import (
     DEFAULT_HTTP_TIMEOUT,
     DEFAULT_IMPERSONATION_API_URL,
     DEFAULT_REALM,
     CredentialSettings,
-    secret_setting,
     setting,
     str_setting,
 )
@@ -34,8 +35,8 @@ from credentials.providers._common import (
     ACCESS_TOKEN_TYPE,
     TOKEN_EXCHANGE_GRANT,
     OAuthClientProvider,
+    auth_hint,
     impersonated_credential,
-    require,
 )
 
 __all__ = ["KeycloakTokenExchangeProvider", "from_settings"]
@@ -51,7 +52,7 @@ class KeycloakTokenExchangeProvider(OAuthClientProvider):
         *,
         oauth_url: str | None,
         client_id: str | None,
-        client_secret: SecretStr | None,
+        client_secret: SecretStr | None = None,
         realm: str = DEFAULT_REALM,
         audience: str | None = None,
         api_url_template: str = DEFAULT_IMPERSONATION_API_URL,
@@ -60,9 +61,11 @@ class KeycloakTokenExchangeProvider(OAuthClientProvider):
         clock: Callable[[], float] = time.time,
         discovery_ttl: float = 3600.0,
         discovery_retry: float = 60.0,
+        client_auth: ClientAuthentication | None = None,
     ) -> None:
         super().__init__(oauth_url=oauth_url, client_id=client_id, client_secret=client_secret, realm=realm,
-                         api_url_template=api_url_template, timeout=timeout, session=session, clock=clock)
+                         api_url_template=api_url_template, timeout=timeout, session=session, clock=clock,
+                         client_auth=client_auth)
         self.audience = audience or None
         self.discovery_ttl = discovery_ttl
         self.discovery_retry = discovery_retry
@@ -72,7 +75,7 @@ class KeycloakTokenExchangeProvider(OAuthClientProvider):
 
     def __repr__(self) -> str:
         return (f"KeycloakTokenExchangeProvider(issuer={self.issuer!r}, client_id={self.client_id!r}, "
-                f"audience={self.audience!r})")
+                f"audience={self.audience!r}, client_auth={self.client_auth.method!r})")
 
     # -- token endpoint ----------------------------------------------------------------------------------
 
@@ -102,33 +105,26 @@ class KeycloakTokenExchangeProvider(OAuthClientProvider):
     # -- exchange ----------------------------------------------------------------------------------------
 
     async def acquire(self, user_email: str, region: str) -> Credential:
-        require(self.name, user_email or None, {
-            "CLOUDSIGMA_OAUTH_URL": self.oauth_url,
-            "CLOUDSIGMA_CLIENT_ID": self.client_id,
-            "CLOUDSIGMA_CLIENT_SECRET": self._client_secret,
-            "CLOUDSIGMA_USER_EMAIL (the user to impersonate)": user_email,
-        })
-        assert self._client_secret is not None
-        assert self.client_id is not None
+        self.require_configured(user_email)
         endpoint = await self.token_endpoint()
         form = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
-            "client_id": self.client_id,
-            "client_secret": self._client_secret.get_secret_value(),
             "requested_subject": user_email,
             "requested_token_type": ACCESS_TOKEN_TYPE,
         }
         if self.audience:
             form["audience"] = self.audience
+        form = self.client_form(form, token_endpoint=endpoint, user=user_email)
         now = self._clock()
         data = await self._http.post_form(endpoint, form, what="Keycloak token exchange", user=user_email,
                                           explain=self._explain(user_email))
-        return impersonated_credential(data, provider=self.name, user=user_email,
+        return impersonated_credential(data, provider=self.name, user=user_email, endpoint=endpoint,
                                        api_url_template=self.api_url_template, now=now, what="Keycloak token exchange")
 
     def _explain(self, user: str) -> Callable[[HttpErrorInfo], CredentialError | None]:
         client = self.client_id
         audience = self.audience
+        hint = auth_hint(self.client_auth.method)
 
         def explain(info: HttpErrorInfo) -> CredentialError | None:
             desc = (info.description or "").lower()
@@ -141,7 +137,7 @@ class KeycloakTokenExchangeProvider(OAuthClientProvider):
             if info.error == "invalid_client" or info.status == 401:
                 return info.rejected(
                     f"Keycloak refused client {client!r} ({info.detail()}): check CLOUDSIGMA_CLIENT_ID and "
-                    "CLOUDSIGMA_CLIENT_SECRET (a confidential client of this realm)", reason="invalid_client")
+                    f"{hint}", reason="invalid_client")
             if info.status == 403 or info.error == "access_denied":
                 aud = (f", and the token-exchange permission of the audience client {audience!r} must allow it"
                        if audience else "")
@@ -183,7 +179,7 @@ def from_settings(settings: CredentialSettings) -> KeycloakTokenExchangeProvider
         oauth_url=str_setting(settings, "oauth_url"),
         realm=setting(settings, "oauth_realm", DEFAULT_REALM),
         client_id=str_setting(settings, "client_id"),
-        client_secret=secret_setting(settings, "client_secret"),
+        client_auth=client_authentication_from(settings),
         audience=str_setting(settings, "token_audience"),
         api_url_template=setting(settings, "impersonation_api_url", DEFAULT_IMPERSONATION_API_URL),
         timeout=float(setting(settings, "http_timeout", DEFAULT_HTTP_TIMEOUT)),

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from credentials.base import Credential, CredentialError, CredentialRejected, Identity
 from credentials.cache import CacheKey, TokenCache
 from credentials.claims import expiry_from, loggable_claims
+from credentials.clientauth import ClientAuthentication, client_authentication_from
 from credentials.config_protocol import (
     DEFAULT_HTTP_TIMEOUT,
     DEFAULT_IMPERSONATION_API_URL,
@@ -28,7 +29,6 @@ from credentials.config_protocol import (
     DEFAULT_SERVICE_PROVIDER_URL,
     DEFAULT_UMA_AUDIENCE,
     CredentialSettings,
-    secret_setting,
     setting,
     str_setting,
 )
@@ -37,8 +37,8 @@ from credentials.providers._common import (
     UMA_TICKET_GRANT,
     OAuthClientProvider,
     access_token_from,
+    auth_hint,
     impersonated_credential,
-    require,
 )
 
 __all__ = ["ServiceProviderProvider", "from_settings"]
@@ -52,7 +52,7 @@ class ServiceProviderProvider(OAuthClientProvider):
         *,
         oauth_url: str | None,
         client_id: str | None,
-        client_secret: SecretStr | None,
+        client_secret: SecretStr | None = None,
         realm: str = DEFAULT_REALM,
         uma_audience: str = DEFAULT_UMA_AUDIENCE,
         service_provider_url: str = DEFAULT_SERVICE_PROVIDER_URL,
@@ -61,9 +61,11 @@ class ServiceProviderProvider(OAuthClientProvider):
         cache: TokenCache | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
+        client_auth: ClientAuthentication | None = None,
     ) -> None:
         super().__init__(oauth_url=oauth_url, client_id=client_id, client_secret=client_secret, realm=realm,
-                         api_url_template=api_url_template, timeout=timeout, session=session, clock=clock)
+                         api_url_template=api_url_template, timeout=timeout, session=session, clock=clock,
+                         client_auth=client_auth)
         self.uma_audience = uma_audience or DEFAULT_UMA_AUDIENCE
         self.service_provider_url = service_provider_url
         self._cache = cache if cache is not None else TokenCache(maxsize=64, clock=clock)
@@ -98,12 +100,7 @@ class ServiceProviderProvider(OAuthClientProvider):
     # -- the three steps ---------------------------------------------------------------------------------
 
     async def acquire(self, user_email: str, region: str) -> Credential:
-        require(self.name, user_email or None, {
-            "CLOUDSIGMA_OAUTH_URL": self.oauth_url,
-            "CLOUDSIGMA_CLIENT_ID": self.client_id,
-            "CLOUDSIGMA_CLIENT_SECRET": self._client_secret,
-            "CLOUDSIGMA_USER_EMAIL (the user to impersonate)": user_email,
-        })
+        self.require_configured(user_email)
         sa_key, rpt_key = self._keys(region)
         service_token = await self._cache.get(sa_key, lambda: self._client_credentials(region))
         rpt = await self._cache.get(rpt_key, lambda: self._rpt(service_token, region))
@@ -120,20 +117,16 @@ class ServiceProviderProvider(OAuthClientProvider):
                 self.forget_service_tokens(region)
             raise
         return impersonated_credential(data, provider=self.name, user=user_email,
+                                       endpoint=self.impersonate_url(region),
                                        api_url_template=self.api_url_template, now=now,
                                        what="CloudSigma service-provider impersonation")
 
     async def _client_credentials(self, region: str) -> Credential:
         assert self.token_endpoint is not None
-        assert self.client_id is not None
-        assert self._client_secret is not None
+        form = self.client_form({"grant_type": "client_credentials"}, token_endpoint=self.token_endpoint, user=None)
         now = self._clock()
-        data = await self._http.post_form(
-            self.token_endpoint,
-            {"grant_type": "client_credentials", "client_id": self.client_id,
-             "client_secret": self._client_secret.get_secret_value()},
-            what="Keycloak client_credentials grant", explain=self._explain_client_credentials,
-        )
+        data = await self._http.post_form(self.token_endpoint, form, what="Keycloak client_credentials grant",
+                                          explain=self._explain_client_credentials)
         token, claims = access_token_from(data, provider=self.name, user=None,
                                           what="Keycloak client_credentials grant")
         return Credential(
@@ -170,7 +163,7 @@ class ServiceProviderProvider(OAuthClientProvider):
         if info.error == "invalid_client" or info.status == 401:
             return info.rejected(
                 f"Keycloak refused client {self.client_id!r} ({info.detail()}): check CLOUDSIGMA_CLIENT_ID and "
-                "CLOUDSIGMA_CLIENT_SECRET", reason="invalid_client")
+                f"{auth_hint(self.client_auth.method)}", reason="invalid_client")
         if info.error == "unauthorized_client":
             return info.rejected(
                 f"client {self.client_id!r} may not use the client_credentials grant ({info.detail()}): enable "
@@ -224,7 +217,7 @@ def from_settings(settings: CredentialSettings) -> ServiceProviderProvider:
         oauth_url=str_setting(settings, "oauth_url"),
         realm=setting(settings, "oauth_realm", DEFAULT_REALM),
         client_id=str_setting(settings, "client_id"),
-        client_secret=secret_setting(settings, "client_secret"),
+        client_auth=client_authentication_from(settings),
         uma_audience=setting(settings, "uma_audience", DEFAULT_UMA_AUDIENCE),
         service_provider_url=setting(settings, "service_provider_url", DEFAULT_SERVICE_PROVIDER_URL),
         api_url_template=setting(settings, "impersonation_api_url", DEFAULT_IMPERSONATION_API_URL),

@@ -1,21 +1,22 @@
 """A bearer token given as is: a value, or a mounted file re-read when it changes.
 
-For tokens minted outside the CCM (by an operator, a sidecar, a CI job). The file is checked on every
-call (a ``stat``; the content is re-read when inode, size or mtime change, and at least every
-``recheck_interval`` seconds), so the provider is not cached by the chain (``cacheable = False``) and a
-rotated Secret takes effect at once. A JWT's ``exp`` is honoured: an expired token is refused.
+For tokens minted outside the CCM (by an operator, a sidecar, a CI job). The file is read through
+:class:`credentials.files.WatchedFile` (a ``stat`` at most once a second; re-read when inode, size or mtime
+change, e.g. a swapped Secret volume), so the provider is not cached by the chain (``cacheable = False``) and a
+rotated token takes effect at once. A JWT's ``exp`` is honoured: an expired token is refused. An impersonated
+static token is verified by the chain like any impersonated token (:mod:`credentials.verify`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
-from credentials.base import Credential, CredentialNotConfigured, CredentialRejected, CredentialUnavailable, Identity
+from credentials.base import Credential, CredentialRejected, Identity, SecretSink
 from credentials.claims import decode_claims, loggable_claims
 from credentials.config_protocol import (
     DEFAULT_API_URL,
@@ -25,10 +26,9 @@ from credentials.config_protocol import (
     secret_setting,
     setting,
 )
+from credentials.secrets import SecretSource
 
 __all__ = ["StaticTokenProvider", "from_settings"]
-
-_Signature = tuple[int, int, int, int]
 
 
 class StaticTokenProvider:
@@ -43,18 +43,18 @@ class StaticTokenProvider:
         token_file: Path | None = None,
         impersonated: bool = False,
         api_url_template: str = DEFAULT_API_URL,
-        recheck_interval: float = 30.0,
+        check_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._token = token if token is not None and token.get_secret_value().strip() else None
+        # A file, when given, wins over a value (it is the one that can be rotated).
+        value = token if token is not None and token.get_secret_value().strip() and token_file is None else None
+        self.token = SecretSource(what="static token", env="CLOUDSIGMA_STATIC_TOKEN",
+                                  value=SecretStr(value.get_secret_value().strip()) if value is not None else None,
+                                  file=token_file, check_interval=check_interval)
         self.token_file = token_file
         self.impersonated = impersonated
         self.api_url_template = api_url_template
-        self.recheck_interval = recheck_interval
         self._clock = clock
-        self._signature: _Signature | None = None
-        self._read_at = 0.0
-        self._file_token: str | None = None
         self._credential: Credential | None = None
 
     def __repr__(self) -> str:
@@ -64,8 +64,16 @@ class StaticTokenProvider:
     async def aclose(self) -> None:
         return None
 
+    def describe(self) -> dict[str, Any]:
+        missing = [] if self.token.configured else [self.token.setting_names]
+        return {"configured": not missing, "missing": missing, "token_source": self.token.source,
+                "impersonated": self.impersonated}
+
+    def attach_secret_sink(self, sink: SecretSink) -> None:
+        self.token.attach_sink(sink)
+
     async def acquire(self, user_email: str, region: str) -> Credential:
-        token = self._current_token(user_email)
+        token = self.token.get(provider=self.name, user=user_email or None).get_secret_value()
         cached = self._credential
         subject = (user_email or None) if self.impersonated else None
         if cached is None or cached.secret.get_secret_value() != token or (
@@ -91,37 +99,6 @@ class StaticTokenProvider:
             expires_at=float(exp) if isinstance(exp, int | float) else None,
             impersonated=self.impersonated,
         )
-
-    def _current_token(self, user_email: str) -> str:
-        if self.token_file is None:
-            if self._token is None:
-                raise CredentialNotConfigured("not configured: set CLOUDSIGMA_STATIC_TOKEN or "
-                                              "CLOUDSIGMA_STATIC_TOKEN_FILE", provider=self.name,
-                                              user=user_email or None, reason="not_configured")
-            return self._token.get_secret_value().strip()
-        return self._read_file(user_email)
-
-    def _read_file(self, user_email: str) -> str:
-        path = self.token_file
-        assert path is not None
-        now = self._clock()
-        try:
-            st = os.stat(path)
-            signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            stale = now - self._read_at >= self.recheck_interval or now < self._read_at
-            if self._file_token is None or signature != self._signature or stale:
-                text = path.read_text(encoding="utf-8").strip()
-                self._signature, self._read_at = signature, now
-                self._file_token = text or None
-        except (OSError, UnicodeDecodeError) as exc:
-            self._file_token, self._signature = None, None
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise CredentialUnavailable(f"cannot read the static token file {path}: {detail}", provider=self.name,
-                                        user=user_email or None, reason="file_unreadable") from None
-        if self._file_token is None:
-            raise CredentialUnavailable(f"the static token file {path} is empty", provider=self.name,
-                                        user=user_email or None, reason="file_empty")
-        return self._file_token
 
 
 def from_settings(settings: CredentialSettings) -> StaticTokenProvider:

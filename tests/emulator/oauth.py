@@ -278,6 +278,7 @@ async def _exchange(state: EmulatorState, request: web.Request, form: dict[str, 
     user = state.user_by_username(subject) or state.user_by_uuid(subject)
     if user is None or not client.may_exchange or not client.may_act_for(user.email):
         raise OAuthError(403, "access_denied", "Client not allowed to exchange")
+    user = state.get_user(state.impersonation_substitutes.get(user.email.lower(), user.email)) or user
     audience = form.get("audience") or client.client_id
     act = {"sub": client.service_account_uuid, "client_id": client.client_id}
     if requested_type == TOKEN_TYPE_ACCESS:
@@ -339,6 +340,7 @@ async def impersonate(request: web.Request) -> web.Response:
         raise ApiError(404, f"User with email {email} does not exist.", "notexist")
     if not client.may_act_for(user.email):
         raise ApiError(403, f"Client {azp} may not impersonate user {email}.", "permission")
+    user = state.get_user(state.impersonation_substitutes.get(user.email.lower(), user.email)) or user
     lifetime = state.impersonation_lifetime or state.token_lifetime
     token, _ = issue_user_token(state, user, iss=impersonation_issuer(request, state), azp=azp,
                                 aud=["cloudsigma-api", "account"], lifetime=lifetime, preferred_username=user.email,

@@ -356,6 +356,9 @@ class EmulatorState:
     external_issuer: str | None = None
     jwks_refetch_interval: float = 0.0
     clock_leeway: float = 0.0
+    #: Misbehaviour to inject: impersonating (exchange or service-provider) the key email hands out a token for the
+    #: value email instead — an identity provider answering for the wrong user (lower-cased emails).
+    impersonation_substitutes: dict[str, str] = field(default_factory=dict)
     #: Added to ``time.time()`` for token issuance/expiry (see :meth:`advance_time`).
     time_offset: float = 0.0
 

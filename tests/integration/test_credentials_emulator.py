@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from structlog.testing import capture_logs
 
 from ccm.config import load_settings
 from cloudsigma.client import CloudSigmaClient
 from cloudsigma.errors import PermissionDenied
+from credentials.base import ImpersonationSubjectMismatch, NoCredential
 from credentials.factory import build_chain
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
 from tests.integration.harness import ALICE, ALICE_PW, BOB, BOB_PW, CLIENT_ID, CLIENT_SECRET, two_users
@@ -111,3 +113,45 @@ async def test_opt_in_fallback_after_forbidden(world: EmulatorState, emulator: E
         await chain.aclose()
     statuses = [(r.auth_kind, r.status) for r in world.requests if r.path.startswith("/api/2.0/servers/")]
     assert statuses == ([("bearer", 403), ("basic", 200)] if allowed else [("bearer", 403)])
+
+
+@pytest.mark.parametrize("strategy", ["keycloak-token-exchange", "cloudsigma-service-provider"])
+async def test_both_strategies_verify_the_impersonated_token(world: EmulatorState, emulator: EmulatorServer,
+                                                             strategy: str) -> None:
+    chain = build_chain(load_settings(settings_for(emulator, strategy)))
+    try:
+        credential = await chain.get(ALICE, "zrh")
+    finally:
+        await chain.aclose()
+    verification = credential.identity.verification
+    assert verification is not None and verification.status == "verified"
+    assert verification.issuer == emulator.realm_url() and verification.kid == world.signing_key.kid
+    assert verification.matched_claim == "preferred_username"
+    assert credential.identity.answer["endpoint"].endswith(
+        "/token" if strategy == "keycloak-token-exchange" else "/user/impersonate")
+
+
+@pytest.mark.parametrize("strategy", ["keycloak-token-exchange", "cloudsigma-service-provider"])
+async def test_a_token_for_another_user_is_refused_in_both_strategies(
+        world: EmulatorState, emulator: EmulatorServer, strategy: str) -> None:
+    world.impersonation_substitutes[ALICE] = BOB  # the identity provider answers with bob's token
+    events: list[tuple[str, str]] = []
+    with capture_logs() as logs:
+        chain = build_chain(load_settings(settings_for(emulator, strategy, username=None, password=None)),
+                            on_event=lambda event, provider: events.append((event, provider)))
+        client = CloudSigmaClient(chain, user_email=ALICE, region="zrh")
+        try:
+            with pytest.raises(NoCredential) as caught:
+                await client.list_servers()
+        finally:
+            await client.close()
+            await chain.aclose()
+    (failure,) = caught.value.failures
+    assert isinstance(failure, ImpersonationSubjectMismatch) and failure.provider == strategy
+    (line,) = [e for e in logs if e["event"] == "impersonation_subject_mismatch"]
+    assert line["log_level"] == "error" and line["requested_user"] == ALICE
+    assert line["token_preferred_username"] == BOB and line["token_sub"] == world.get_user(BOB).uuid
+    assert line["token_azp"] == CLIENT_ID and line["idp_endpoint"]
+    assert ("verify:subject_mismatch", strategy) in events
+    # bob's token was never sent to the API
+    assert not [r for r in world.requests if r.path.startswith("/api/2.0/")]

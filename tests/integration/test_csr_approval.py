@@ -22,6 +22,7 @@ from kubernetes_asyncio.client import ApiClient
 from ccm.csr.apply import APPROVED_REASON, CSRS, DENIED_REASON
 from ccm.csr.controller import CSRController
 from ccm.kube.errors import Forbidden, KubeNotFound
+from ccm.kube.permissions import TENANT, needed
 from ccm.kube.transport import KubeTransport
 from ccm.workqueue import WorkQueue
 from tests.emulator import EmulatorServer, EmulatorState, private_vlan_nic, public_dhcp_nic, public_static_nic
@@ -38,8 +39,16 @@ UNINIT = "node.cloudprovider.kubernetes.io/uninitialized"
 REPO = Path(__file__).resolve().parents[2]
 CSR_RBAC = REPO / "deploy" / "tenant" / "csr-approval"
 TENANT_RBAC = REPO / "deploy" / "tenant" / "without-deletion"
-RBAC_PATHS = {"ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-              "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"}
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+RBAC_PATHS = {"ClusterRole": f"{RBAC}/clusterroles", "ClusterRoleBinding": f"{RBAC}/clusterrolebindings"}
+
+
+def rbac_path(obj: dict[str, Any]) -> str:
+    """The collection of an RBAC object: cluster-wide, or its namespace's (the events Role)."""
+    kind = obj["kind"]
+    if kind in RBAC_PATHS:
+        return RBAC_PATHS[kind]
+    return f"{RBAC}/namespaces/{obj['metadata']['namespace']}/{kind.lower()}s"
 A_IP, B_IP = "94.26.101.20", "185.12.5.21"
 NODES_MAY_REQUEST = {
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -217,7 +226,9 @@ async def test_request_waits_for_initialization_then_is_approved(
     async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, server_cache_max_age="0.5s") as ccm:
         parts = ccm.parts
         assert parts.csr is None  # off unless chosen: the daemon runs no approver of its own here
-        approver = CSRController(kube=parts.kube, nodes=parts.watcher, cache=parts.cache, events=parts.events,
+        # The daemon's transport declares no CSR requests with the setting off: the approver gets its own.
+        kube = KubeTransport(parts.tenant, permissions=needed(TENANT, deletion_enabled=True, csr_approval=True))
+        approver = CSRController(kube=kube, nodes=parts.watcher, cache=parts.cache, events=parts.events,
                                  metrics=parts.metrics, deny=True, queue=WorkQueue(base_delay=120, max_delay=120))
         task = asyncio.create_task(approver.run())
         try:
@@ -256,7 +267,7 @@ async def test_new_dhcp_address_is_looked_up_before_saying_no(
 
 async def apply_rbac(kube: KubeTransport, objects: list[dict[str, Any]]) -> None:
     for obj in objects:
-        path = RBAC_PATHS[obj["kind"]]
+        path = rbac_path(obj)
         with contextlib.suppress(KubeNotFound):
             await kube.request("DELETE", f"{path}/{obj['metadata']['name']}")
         await kube.request("POST", path, body=obj)
@@ -265,7 +276,7 @@ async def apply_rbac(kube: KubeTransport, objects: list[dict[str, Any]]) -> None
 async def remove_rbac(kube: KubeTransport, objects: list[dict[str, Any]]) -> None:
     for obj in objects:
         with contextlib.suppress(KubeNotFound):
-            await kube.request("DELETE", f"{RBAC_PATHS[obj['kind']]}/{obj['metadata']['name']}")
+            await kube.request("DELETE", f"{rbac_path(obj)}/{obj['metadata']['name']}")
 
 
 async def test_rbac_component_is_enough_and_approves_only_kubelet_serving(

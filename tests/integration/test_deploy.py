@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "base"
 OVERLAY = REPO / "deploy" / "overlays" / "example-tenant"
+SECRETLESS = REPO / "deploy" / "overlays" / "secretless-example-tenant"
 TENANT = REPO / "deploy" / "tenant"
 TENANT_WITHOUT_DELETION = REPO / "deploy" / "tenant" / "without-deletion"
 
@@ -213,7 +214,7 @@ async def no_tenant_rbac(kube_api: ApiClient) -> AsyncIterator[None]:
 # ------------------------------------------------------------------------------------------------ dry-run
 
 
-@pytest.mark.parametrize("source", [BASE, OVERLAY], ids=["base", "overlay"])
+@pytest.mark.parametrize("source", [BASE, OVERLAY, SECRETLESS], ids=["base", "overlay", "secretless"])
 async def test_management_manifests_validate(kube_api: ApiClient, management_namespace: str, source: Path) -> None:
     objects = render(source)
     assert {o["kind"] for o in objects} == {"ServiceAccount", "Role", "RoleBinding", "Deployment",
@@ -233,8 +234,10 @@ async def test_management_manifests_validate(kube_api: ApiClient, management_nam
         assert (await call(kube_api, "GET", path)).status == 404, path
 
 
-async def test_pod_meets_the_restricted_pod_security_standard(kube_api: ApiClient, management_namespace: str) -> None:
-    dep = next(o for o in render(OVERLAY) if o["kind"] == "Deployment")
+@pytest.mark.parametrize("source", [OVERLAY, SECRETLESS], ids=["overlay", "secretless"])
+async def test_pod_meets_the_restricted_pod_security_standard(kube_api: ApiClient, management_namespace: str,
+                                                              source: Path) -> None:
+    dep = next(o for o in render(source) if o["kind"] == "Deployment")
     template = dep["spec"]["template"]
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "cloudsigma-ccm-pss", "namespace": management_namespace,
@@ -295,7 +298,7 @@ async def test_tenant_rbac_grants_exactly_what_the_ccm_uses(
 
         # Everything `cloudsigma-ccm doctor` checks, i.e. everything the daemon does.
         for p in permissions.TENANT:
-            expected = deletion if p.when == "deletion" else True
+            expected = {"deletion": deletion, "csr-approval": False}.get(p.when, True)
             assert await can(ccm, p.verb, p.resource, subresource=p.subresource, group=p.group,
                              namespace=p.namespace or "", name=p.name or "") is expected, p.label
         assert await can(ccm, "get", "nodes", name=NODE)

@@ -14,6 +14,11 @@ The first :meth:`Keycloak.start` configures, through the admin REST API, the rea
   permissions are enabled and a client policy naming ``cloudsigma-ccm`` is added to the *impersonate* permission
   (``admin-impersonating.permission.users``; the ``user-impersonated`` one does not allow it);
 * ``cloudsigma-api``: the audience client, whose ``token-exchange`` permission allows ``cloudsigma-ccm`` too.
+
+Tests add more impersonating clients with :meth:`Keycloak.add_impersonating_client` (other authenticators:
+``federated-jwt`` for a Kubernetes service-account token, ``client-jwt`` for a private key; mappers), identity
+providers with :meth:`Keycloak.add_kubernetes_identity_provider`, and rotate the realm's signing key with
+:meth:`Keycloak.rotate_signing_key`.
 """
 
 from __future__ import annotations
@@ -185,6 +190,10 @@ class Keycloak:
         self._cds_archive: Path | None = None
         self.users: dict[str, str] = {}  # username -> user id
         self.last_start_seconds = 0.0
+        self._impersonation_policy: str | None = None  # the client policy on the impersonate permission
+        self._authz: str | None = None
+        self._key_rotations = 0
+        self.truststore_paths: list[Path] = []
 
     # ------------------------------------------------------------------ addresses
 
@@ -308,6 +317,9 @@ class Keycloak:
             "--http-enabled=true", "--http-host=127.0.0.1", f"--http-port={self.http_port}",
             "--http-management-host=127.0.0.1", f"--http-management-port={self.management_port}",
             f"--hostname={self.base_url}", "--cache=local",
+            # CAs for Keycloak's outgoing TLS (e.g. a kube-apiserver's discovery and JWKS); a run-time option.
+            *([f"--truststore-paths={','.join(str(p) for p in self.truststore_paths)}"] if self.truststore_paths
+              else []),
         ]
 
     def _environment(self) -> dict[str, str]:
@@ -452,17 +464,75 @@ class Keycloak:
         })
         await self._add_policy_to_permission(authz, users_perms["scopePermissions"]["impersonate"], policy)
         await self._add_policy_to_permission(authz, api_perms["scopePermissions"]["token-exchange"], policy)
+        self._authz, self._impersonation_policy = authz, policy
 
-    async def add_user(
-        self, email: str, password: str, *, first_name: str = "Test", last_name: str = "User"
+    async def add_impersonating_client(
+        self, client_id: str, *, secret: str | None = None, authenticator: str = "client-secret",
+        attributes: Mapping[str, str] | None = None, mappers: list[dict[str, Any]] | None = None,
+        default_scopes: bool = True,
     ) -> str:
-        """Create an enabled user whose username is ``email`` (verified); returns its id."""
+        """Create a confidential client allowed to impersonate users (like ``cloudsigma-ccm``); returns its uuid.
+
+        ``authenticator``: ``client-secret``, ``federated-jwt`` (attributes ``jwt.credential.issuer`` = identity
+        provider alias, ``jwt.credential.sub`` = federated subject) or ``client-jwt`` (attributes
+        ``use.jwks.string``/``jwks.string``). ``default_scopes=False`` leaves out the profile/email scopes, so
+        ``mappers`` alone decide ``preferred_username``/``email``.
+        """
+        assert self._authz is not None and self._impersonation_policy is not None, "start() first"
+        representation: dict[str, Any] = {
+            "clientId": client_id, "enabled": True, "publicClient": False, "clientAuthenticatorType": authenticator,
+            "serviceAccountsEnabled": True, "standardFlowEnabled": False, "implicitFlowEnabled": False,
+            "directAccessGrantsEnabled": False, "attributes": dict(attributes or {}),
+            "protocolMappers": list(mappers or []),
+        }
+        if secret is not None:
+            representation["secret"] = secret
+        if not default_scopes:
+            representation["defaultClientScopes"] = ["basic"]
+        uuid = await self._create(f"/{self.realm}/clients", representation)
+        path = f"{self._authz}/policy/client/{self._impersonation_policy}"
+        _, policy, _ = await self.admin_request("GET", path)
+        policy["clients"] = sorted({*policy.get("clients", []), uuid})
+        await self.admin_request("PUT", path, policy)
+        return uuid
+
+    async def add_kubernetes_identity_provider(self, alias: str, issuer: str, *, max_expiration: int = 3600) -> None:
+        """A "Kubernetes" identity provider trusting service-account tokens of ``issuer`` (federated client
+        authentication); ``max_expiration`` is the longest assertion lifetime it accepts (Keycloak's default 300 s
+        is shorter than the 600 s minimum of the TokenRequest API)."""
+        await self.admin_request("POST", f"/{self.realm}/identity-provider/instances", {
+            "alias": alias, "providerId": "kubernetes", "enabled": True,
+            "config": {"issuer": issuer, "fedClientAssertionMaxExp": str(max_expiration)},
+        }, expect=(201,))
+
+    async def rotate_signing_key(self) -> str:
+        """Add an RS256 key with a higher priority than every other: new tokens are signed with it, the old keys
+        stay published (as Keycloak's rotation procedure has it). Returns the new key's ``kid``."""
+        self._key_rotations += 1
+        _, realm, _ = await self.admin_request("GET", f"/{self.realm}")
+        component = await self._create(f"/{self.realm}/components", {
+            "name": f"rsa-rotated-{self._key_rotations}", "providerId": "rsa-generated",
+            "providerType": "org.keycloak.keys.KeyProvider", "parentId": realm["id"],
+            "config": {"priority": [str(1000 + self._key_rotations)], "enabled": ["true"], "active": ["true"],
+                       "keySize": ["2048"], "algorithm": ["RS256"]},
+        })
+        _, keys, _ = await self.admin_request("GET", f"/{self.realm}/keys")
+        for key in keys["keys"]:
+            if key.get("providerId") == component and key.get("algorithm") == "RS256":
+                return str(key["kid"])
+        raise KeycloakError(f"no RS256 key from the new key provider {component}")
+    async def add_user(
+        self, email: str, password: str, *, first_name: str = "Test", last_name: str = "User",
+        username: str | None = None,
+    ) -> str:
+        """Create an enabled user whose username is ``email`` (verified) unless ``username`` says otherwise;
+        returns its id (``users`` is keyed by username)."""
         user_id = await self._create(f"/{self.realm}/users", {
-            "username": email, "email": email, "emailVerified": True, "enabled": True,
+            "username": username or email, "email": email, "emailVerified": True, "enabled": True,
             "firstName": first_name, "lastName": last_name,
             "credentials": [{"type": "password", "value": password, "temporary": False}],
         })
-        self.users[email] = user_id
+        self.users[username or email] = user_id
         return user_id
 
     async def set_access_token_lifespan(self, seconds: int) -> None:

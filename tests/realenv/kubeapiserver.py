@@ -235,7 +235,10 @@ class KubeAPIServer:
         startup_timeout: float = 120.0,
         stop_timeout: float = 30.0,
         base_dir: Path | str | None = None,
+        service_account_issuer: str = SERVICE_ACCOUNT_ISSUER,
     ) -> None:
+        """``service_account_issuer``: the ``iss`` of service-account tokens; ``{url}`` stands for this server's
+        own ``https://127.0.0.1:<port>`` (so its OIDC discovery and JWKS are served where the issuer points)."""
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"invalid instance name {name!r}")
         self.name = name
@@ -245,6 +248,7 @@ class KubeAPIServer:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._base_dir = Path(base_dir) if base_dir is not None else None
+        self._service_account_issuer = service_account_issuer
 
         self._lock = threading.RLock()  # lifecycle (start/stop/restart)
         self._kc_lock = threading.Lock()  # kubeconfig minting; not blocked by a restart in progress
@@ -281,6 +285,10 @@ class KubeAPIServer:
     def url(self) -> str:
         """``https://127.0.0.1:<port>``."""
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def service_account_issuer(self) -> str:
+        return self._service_account_issuer.replace("{url}", self.url)
 
     @property
     def work_dir(self) -> Path:
@@ -504,7 +512,7 @@ class KubeAPIServer:
             f"--secure-port={self.port}",
             f"--cert-dir={wd / 'serving'}",
             f"--client-ca-file={self.client_ca_path}",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-issuer={self.service_account_issuer}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",

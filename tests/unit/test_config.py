@@ -8,6 +8,8 @@ import pytest
 
 from ccm.cli import main, parse
 from ccm.config import ConfigError, load_settings, parse_duration
+from credentials.providers.keycloak import KeycloakTokenExchangeProvider
+from credentials.registry import create_provider
 
 BASE = {"CLOUDSIGMA_REGION": "zrh", "CLOUDSIGMA_USERNAME": "ops@example.com", "CLOUDSIGMA_PASSWORD": "pw-123456"}
 IMPERSONATION = {"CLOUDSIGMA_REGION": "zrh", "CLOUDSIGMA_IMPERSONATION_ENABLED": "true",
@@ -45,13 +47,84 @@ def test_flags_win_over_env(env) -> None:  # type: ignore[no-untyped-def]
                                                                                                    False)
 
 
-def test_secret_from_file(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_secret_from_file_is_read_by_the_provider_and_reread_after_rotation(  # type: ignore[no-untyped-def]
+        env, tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("from-file-secret\n")
     env({k: v for k, v in IMPERSONATION.items() if k != "CLOUDSIGMA_CLIENT_SECRET"}
         | {"CLOUDSIGMA_CLIENT_SECRET_FILE": str(secret)})
     s = load_settings()
-    assert s.client_secret is not None and s.client_secret.get_secret_value() == "from-file-secret"
+    # Not read into the settings once: the provider reads it, through a WatchedFile, for every exchange.
+    assert s.client_secret is None and s.client_secret_file == secret
+    provider = create_provider("keycloak-token-exchange", s)
+    assert isinstance(provider, KeycloakTokenExchangeProvider)
+    seen: list[str] = []
+    provider.attach_secret_sink(seen.append)
+
+    def form() -> dict[str, str]:
+        return provider.client_form({"grant_type": "x"}, token_endpoint="https://kc.example/token", user=None)
+
+    assert form()["client_secret"] == "from-file-secret"
+    secret.write_text("rotated-secret-value\n")
+    file = provider.client_auth.secret._file  # type: ignore[attr-defined]
+    file._checked_at = float("-inf")  # skip the 1 s between checks
+    assert form()["client_secret"] == "rotated-secret-value"
+    assert seen == ["from-file-secret", "rotated-secret-value"]  # the redactor learns both
+
+
+@pytest.mark.parametrize("setting", ["client_secret_file", "password_file", "static_token_file",
+                                     "client_assertion_file", "client_private_key_file"])
+@pytest.mark.parametrize("problem", ["missing", "empty"])
+def test_secret_file_unusable_at_start_exits_2_one_line(env, capsys, tmp_path: Path, setting: str,  # type: ignore[no-untyped-def]
+                                                        problem: str) -> None:
+    path = tmp_path / "secret"
+    if problem == "empty":
+        path.write_text("\n")
+    values = dict(IMPERSONATION)
+    if setting in ("client_assertion_file", "client_private_key_file"):
+        del values["CLOUDSIGMA_CLIENT_SECRET"]
+    env(values | {f"CLOUDSIGMA_{setting.upper()}": str(path)}
+        | ({"CLOUDSIGMA_USERNAME": "ops@example.com"} if setting == "password_file" else {}))
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"--{setting.replace('_', '-')}" in err and str(path) in err
+    assert ("is empty" if problem == "empty" else "cannot read") in err
+
+
+def test_client_authentication_settings_say_what_is_missing(env, capsys) -> None:  # type: ignore[no-untyped-def]
+    without_secret = {k: v for k, v in IMPERSONATION.items() if k != "CLOUDSIGMA_CLIENT_SECRET"}
+    env(without_secret)
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "CLOUDSIGMA_CLIENT_SECRET" in err and "CLOUDSIGMA_CLIENT_ASSERTION_FILE" in err and "\n" not in err
+
+    env({"CLOUDSIGMA_CLIENT_ASSERTION_AUDIENCE": "https://kc.example/realms/cloudsigma"})
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("configuration error: CLOUDSIGMA_CLIENT_ASSERTION_FILE / --client-assertion-file is missing")
+
+
+def test_secretless_client_needs_no_secret(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln\n")
+    env({k: v for k, v in IMPERSONATION.items() if k != "CLOUDSIGMA_CLIENT_SECRET"}
+        | {"CLOUDSIGMA_CLIENT_ASSERTION_FILE": str(token)})
+    s = load_settings()
+    assert s.client_secret is None and s.client_assertion_file == token
+    provider = create_provider("keycloak-token-exchange", s)
+    assert isinstance(provider, KeycloakTokenExchangeProvider)
+    assert provider.describe()["client_auth"] == "client_assertion"
+    assert provider.describe()["client_assertion_audience"] == "http://127.0.0.1:1/realms/cloudsigma"
+
+
+def test_two_client_authentication_methods_are_refused(env, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    token = tmp_path / "token"
+    token.write_text("x")
+    env(IMPERSONATION | {"CLOUDSIGMA_CLIENT_ASSERTION_FILE": str(token)})
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--client-assertion-file cannot be combined with a client secret" in err
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import structlog
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from ccm.metrics import Metrics
 from credentials import build_chain, default_chain
 from credentials.base import (
     Credential,
@@ -270,16 +271,47 @@ async def test_acquisition_logs_claims_but_never_the_token() -> None:
     assert token not in str(cred)
 
 
-async def test_subject_mismatch_is_reported() -> None:
+async def test_a_token_for_another_subject_is_never_used_and_the_chain_falls_back() -> None:
     clock = Clock()
     kc = FakeProvider("keycloak-token-exchange", clock,
-                      claims={"sub": "service-account-uuid", "preferred_username": "service-account-ccm"})
+                      claims={"sub": "service-account-uuid", "preferred_username": "service-account-ccm",
+                              "azp": "kube-dc-partner"})
+    pw = FakeProvider("password", clock, impersonated=False, lifetime=None)
+    seen: list[tuple[str, str]] = []
     with capture_logs() as logs:
-        chain = make_chain(kc, clock=clock)
-        await chain.get(USER, "next")
+        chain = make_chain(kc, pw, clock=clock)
+        chain.on_event = lambda event, provider: seen.append((event, provider))
+        cred = await chain.get(USER, "next")
+    # The refused token is neither returned nor cached: the next provider serves, as for any failure.
+    assert cred.identity.provider == "password"
+    assert chain.cache.peek(CacheKey.of(USER, "next", "keycloak-token-exchange")) is None
     (mismatch,) = events(logs, "impersonation_subject_mismatch")
-    assert mismatch["requested_subject"] == USER
+    assert mismatch["log_level"] == "error"
+    assert mismatch["requested_user"] == USER
     assert mismatch["token_preferred_username"] == "service-account-ccm"
+    assert mismatch["token_sub"] == "service-account-uuid" and mismatch["token_azp"] == "kube-dc-partner"
+    assert mismatch["reason"] == "impersonation_subject_mismatch"
+    (fallback,) = events(logs, "credential_fallback")
+    assert fallback["reason"] == "impersonation_subject_mismatch"
+    assert ("verify:subject_mismatch", "keycloak-token-exchange") in seen
+    assert not [e for e in logs if e["event"] == "credential_acquired" and e["credential_provider"] == kc.name]
+    status = {s["provider"]: s for s in chain.status()}
+    assert status["keycloak-token-exchange"]["last_failure"]["reason"] == "impersonation_subject_mismatch"
+    assert status["password"]["last_success"] is not None
+
+
+@pytest.mark.parametrize("claim", ["preferred_username", "email"])
+async def test_a_token_naming_the_user_in_an_accepted_claim_is_used(claim: str) -> None:
+    clock = Clock()
+    kc = FakeProvider("keycloak-token-exchange", clock,
+                      claims={"sub": "u-1", claim: USER.upper(), "exp": int(clock() + 300)})
+    with capture_logs() as logs:
+        cred = await make_chain(kc, clock=clock).get(USER, "next")
+    assert cred.identity.verification is not None
+    assert cred.identity.verification.status == "unverifiable"  # no issuer configured in this chain
+    assert cred.identity.verification.matched_claim == claim
+    (warning,) = events(logs, "token_unverifiable")
+    assert warning["credential_provider"] == "keycloak-token-exchange"
 
 
 async def test_unexpected_exception_becomes_unavailable_without_its_text() -> None:
@@ -434,3 +466,49 @@ def test_error_log_fields(make: Callable[[], CredentialError]) -> None:
 
 def test_cache_key_of_chain_is_lowercased() -> None:
     assert CacheKey.of(USER.upper(), "next", "x").email == USER
+
+
+async def test_a_refused_static_token_is_checked_and_logged_once_until_it_changes() -> None:
+    clock = Clock()
+    static = StaticTokenProvider(token=SecretStr(jwt({"sub": "x", "preferred_username": "someone@else.example"})),
+                                 impersonated=True, clock=clock)
+    with capture_logs() as logs:
+        chain = make_chain(static, clock=clock)  # type: ignore[arg-type]
+        for _ in range(5):
+            with pytest.raises(NoCredential) as caught:
+                await chain.get(USER, "next")
+            assert caught.value.failures[0].reason == "impersonation_subject_mismatch"
+    assert len(events(logs, "impersonation_subject_mismatch")) == 1
+
+
+async def test_an_opaque_impersonated_token_is_logged_once_as_unverifiable_and_used() -> None:
+    clock = Clock()
+
+    class Opaque(FakeProvider):
+        async def acquire(self, user_email: str, region: str) -> Credential:
+            credential = await super().acquire(user_email, region)
+            return Credential(scheme="bearer", secret=SecretStr(f"opaque-token-{self.calls}"),
+                              api_url_template=credential.api_url_template, identity=credential.identity,
+                              expires_at=credential.expires_at, impersonated=True)
+
+    kc = Opaque("keycloak-token-exchange", clock)
+    with capture_logs() as logs:
+        chain = make_chain(kc, clock=clock)
+        first = await chain.get(USER, "next")
+        chain.invalidate(first)
+        second = await chain.get(USER, "next")
+    assert first.secret.get_secret_value() == "opaque-token-1" and second.secret.get_secret_value() == "opaque-token-2"
+    assert second.identity.verification is not None and second.identity.verification.status == "opaque"
+    (warning,) = events(logs, "token_unverifiable")
+    assert warning["token_verified"] == "opaque" and warning["note"] == "used as is"
+
+
+def test_verification_results_are_metrics() -> None:
+    metrics = Metrics()
+    for event in ("verify:verified", "verify:subject_mismatch", "verify:subject_mismatch", "verify:token_unknown_key"):
+        metrics.credential_event(event, "keycloak-token-exchange")
+    text = metrics.render().decode()
+    assert 'cloudsigma_ccm_impersonation_subject_mismatches_total{provider="keycloak-token-exchange"} 2.0' in text
+    assert ('cloudsigma_ccm_token_verifications_total{provider="keycloak-token-exchange",result="token_unknown_key"} '
+            '1.0') in text
+    assert 'cloudsigma_ccm_token_verifications_total{provider="keycloak-token-exchange",result="verified"} 1.0' in text

@@ -531,10 +531,11 @@ async def test_static_token_value() -> None:
 
 
 async def test_static_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
-    now = [1_000_000.0]
     path = tmp_path / "token"
     path.write_text("token-one\n")
-    provider = StaticTokenProvider(token_file=path, clock=lambda: now[0], recheck_interval=30)
+    provider = StaticTokenProvider(token_file=path, check_interval=0)
+    seen: list[str] = []
+    provider.attach_secret_sink(seen.append)
     first = await provider.acquire(USER, "zrh")
     assert first.secret.get_secret_value() == "token-one"
     assert await provider.acquire(USER, "zrh") is first  # unchanged: same credential
@@ -543,28 +544,24 @@ async def test_static_token_file_is_reread_when_it_changes(tmp_path: Path) -> No
     second = await provider.acquire(USER, "zrh")
     assert second.secret.get_secret_value() == "token-two-longer"
 
-    # Same size, mtime forced back: only the periodic re-read sees it.
-    stat = path.stat()
-    path.write_text("token-3-xlonger\n")
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    if path.stat().st_ino == stat.st_ino and path.stat().st_size == stat.st_size:
-        assert (await provider.acquire(USER, "zrh")).secret.get_secret_value() == "token-two-longer"
-    now[0] += 31
-    assert (await provider.acquire(USER, "zrh")).secret.get_secret_value() == "token-3-xlonger"
-
     # Kubernetes Secret volumes swap a symlink: the new inode is noticed.
     new = tmp_path / "token.new"
     new.write_text("token-four\n")
     os.replace(new, path)
     assert (await provider.acquire(USER, "zrh")).secret.get_secret_value() == "token-four"
+    assert seen == ["token-one", "token-two-longer", "token-four"]  # the redactor learns each
 
+    # A file that disappears after a good read keeps serving the last good token (WatchedFile) ...
     path.unlink()
+    assert (await provider.acquire(USER, "zrh")).secret.get_secret_value() == "token-four"
+    # ... an empty one is an error, and one never read is unavailable.
+    path.write_text("   \n")
     with pytest.raises(CredentialUnavailable) as caught:
         await provider.acquire(USER, "zrh")
+    assert caught.value.reason == "file_empty"
+    with pytest.raises(CredentialUnavailable) as caught:
+        await StaticTokenProvider(token_file=tmp_path / "missing").acquire(USER, "zrh")
     assert caught.value.reason == "file_unreadable"
-    path.write_text("   \n")
-    with pytest.raises(CredentialUnavailable):
-        await provider.acquire(USER, "zrh")
 
 
 async def test_static_token_expired_jwt_and_impersonated_endpoint(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from ccm.config import ConfigError, Settings, env_name, load_settings
 from ccm.kube.permissions import EVENTS_NAMESPACE, TENANT, Permission, leader_election
+from credentials.clientauth import client_authentication_from
 from tests.realenv.kustomize import find_object, render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +23,7 @@ DEPLOY = REPO / "deploy"
 KUSTOMIZATIONS = {
     "base": DEPLOY / "base",
     "overlay": DEPLOY / "overlays" / "example-tenant",
+    "secretless": DEPLOY / "overlays" / "secretless-example-tenant",
     "tenant": DEPLOY / "tenant",
     "tenant-without-deletion": DEPLOY / "tenant" / "without-deletion",
 }
@@ -296,6 +298,44 @@ def test_base_alone_fails_fast(rendered: dict[str, list[Obj]], clean_environ: py
         clean_environ.setenv(key, value)
     with pytest.raises(ConfigError, match="CLOUDSIGMA_REGION"):
         load_settings()
+
+
+def test_secretless_overlay_mounts_a_projected_token_and_no_client_secret(
+        rendered: dict[str, list[Obj]], clean_environ: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    objects = rendered["secretless"]
+    env = env_of(objects)
+    referenced = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                  for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})}
+    assert ("cloudsigma-impersonation", "client-secret") not in referenced
+    assert not [n for n in env if "SECRET" in n]
+    assert set(env) - {"CLOUDSIGMA_CLIENT_ASSERTION_FILE"} == set(env_of(rendered["overlay"])) - {
+        "CLOUDSIGMA_CLIENT_SECRET"}
+    token_path = Path(env["CLOUDSIGMA_CLIENT_ASSERTION_FILE"]["value"])
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    assert mounts["keycloak-token"]["readOnly"] is True
+    assert token_path.parent == Path(mounts["keycloak-token"]["mountPath"])
+    volume = {v["name"]: v for v in pod_spec(objects)["volumes"]}["keycloak-token"]
+    (source,) = volume["projected"]["sources"]
+    sa_token = source["serviceAccountToken"]
+    assert sa_token["path"] == token_path.name
+    # Keycloak accepts exactly one audience (its realm issuer) and, by default, assertions of at most 300 s;
+    # Kubernetes issues at least 600 s: the identity provider's maximum must be raised (deploy/README.md).
+    assert sa_token["audience"] == "https://auth.example.com/realms/cloudsigma"
+    assert sa_token["expirationSeconds"] == 600
+    assert pod_spec(objects)["serviceAccountName"] == NAME
+    # The pod's environment is a valid configuration without any client secret.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln")
+    for key, value in _pod_environment(objects, kubeconfig, with_credentials=False).items():
+        clean_environ.setenv(key, value)
+    clean_environ.setenv("CLOUDSIGMA_CLIENT_ASSERTION_FILE", str(token_file))
+    settings = load_settings()
+    assert settings.client_secret is None and settings.client_secret_file is None
+    assert settings.client_assertion_file == token_file
+    # ... whose audience is the one the projected token is minted for.
+    assert client_authentication_from(settings).describe()["client_assertion_audience"] == sa_token["audience"]
 
 
 # ------------------------------------------------------------------------------------------------ RBAC
