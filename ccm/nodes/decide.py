@@ -1,8 +1,9 @@
 """Decide what a Node should look like, from its server. Pure functions: no I/O, no clock.
 
 :func:`plan_initialization` for nodes still carrying the uninitialized taint; :func:`plan_resync` for
-initialized ones (addresses only, upstream sets type/region/zone once); :func:`plan_shutdown_taint` for
-the lifecycle controller. :mod:`ccm.nodes.apply` is the one place that writes a plan to the API.
+initialized ones (addresses only, upstream sets type/region/zone once); :func:`with_label_change` adds the
+cloud labels' change (:mod:`ccm.cloudlabels`) to either; :func:`plan_shutdown_taint` for the lifecycle
+controller. :mod:`ccm.nodes.apply` is the one place that writes a plan to the API.
 """
 
 from __future__ import annotations
