@@ -130,6 +130,13 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:,.1f}x"
 
 
+def _labels(v: Any) -> str:
+    if not isinstance(v, dict) or not v:
+        return "—"
+    return (f"{v.get('meta', 0):,} / {v.get('tag', 0):,} / {v.get('host-group', 0):,} "
+            f"({v.get('host_groups_distinct', 0):,})")
+
+
 def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str]:
     has_ref = r is not None
     lines = [f"### N = {n:,}", ""]
@@ -174,6 +181,8 @@ def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str
            "node_writes_per_node", ratio=False)
     metric("Kubernetes event writes per node", lambda v: _fmt(v, "", 3), "burst", "event_writes_per_node",
            ratio=False)
+    metric("nodes with cloud labels after the burst: meta / tag / host group (distinct groups)", _labels, "burst",
+           "cloud_labels", ratio=False)
     metric("reconciles in the burst", lambda v: _fmt(sum(v.values())) if isinstance(v, dict) else "—", "burst",
            "reconciles", ratio=False)
     metric("daemon CPU during the burst", secs, "burst", "cpu_seconds", "daemon")

@@ -22,6 +22,9 @@ from pathlib import Path
 import structlog
 from kubernetes_asyncio.client import ApiClient
 
+from ccm.cloudlabels.sources import LabelSources
+from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
+from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.config import ConfigError, Settings, env_name, flag_name, secrets_of
 from ccm.csr.controller import CSRController
 from ccm.fencing import Fence
@@ -131,8 +134,11 @@ async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None =
         retry=RetryPolicy(attempts=settings.api_retry_attempts), page_size=settings.api_page_size,
         on_request=metrics.observe_request,
     )
+    label_policy = policy_from_settings(settings)
+    label_sources = LabelSources(client, label_policy)
     cache = ServerCache(client, max_age=settings.server_cache_max_age,
-                        on_refresh=lambda _: metrics.snapshot_refreshes.inc())
+                        on_refresh=lambda _: metrics.snapshot_refreshes.inc(),
+                        extras=label_sources if label_sources.needed else None)
     kube = KubeTransport(tenant, on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(), fence=fence,
                          permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
                                             csr_approval=settings.csr_approval != "off"))
@@ -149,11 +155,15 @@ async def build(settings: Settings, redactor: Redactor, *, fence: Fence | None =
                                    cluster_name=settings.cluster_name,
                                    use_system_uuid=settings.node_lookup_by_system_uuid,
                                    lookup=settings.server_lookup),
+        labels=CloudLabels(label_policy),
     )
     controller = NodeController(watcher, reconciler, workers=settings.concurrent_node_syncs,
                                 resync_period=settings.node_status_update_frequency, metrics=metrics)
     cache.add_recovery_listener(controller.cloud_is_back)
     account.add_recovery_listener(controller.cloud_is_back)
+    # Cloud labels follow a changed server at the next snapshot refresh, not only at the node's next resync.
+    cache.add_refresh_listener(RelabelOnRefresh(label_policy, nodes=lambda: list(watcher.store.values()),
+                                                enqueue=controller.queue.add))
     lifecycle = LifecycleController(
         nodes=lambda: list(watcher.store.values()), kube=kube, cache=cache, client=client, applier=applier,
         events=events, metrics=metrics, primary_provider=settings.credential_chain[0],

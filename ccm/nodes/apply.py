@@ -78,7 +78,7 @@ class NodeApplier:
                     rv = str((current.get("metadata") or {}).get("resourceVersion", view.resource_version))
                     current = await patching.patch_node(
                         self._kube, view.name, uid=view.uid, resource_version=rv, labels=plan.labels or None,
-                        provider_id=plan.provider_id,
+                        annotations=plan.annotations or None, provider_id=plan.provider_id,
                         taints=list(plan.taints) if plan.taints is not None else None,
                     )
                     writes += 1

@@ -18,13 +18,14 @@ from typing import Any
 
 import structlog
 
+from ccm.cloudlabels.sync import CloudLabels
 from ccm.kube.errors import KubeError
 from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.transport import JSON
 from ccm.metrics import Metrics
 from ccm.nodes.account import AccountMonitor, Verdict
 from ccm.nodes.apply import NodeApplier
-from ccm.nodes.decide import INVALID_NODE_ADDRESSES, NodePlan, plan_initialization, plan_resync
+from ccm.nodes.decide import INVALID_NODE_ADDRESSES, NodePlan, plan_initialization, plan_resync, with_label_change
 from ccm.nodes.labels import INSTANCE_TYPE
 from ccm.nodes.matching import Match, MatchKind, describe_candidates, match_server
 from ccm.nodes.view import NodeView, node_view
@@ -92,6 +93,7 @@ class NodeReconciler:
         events: EventRecorder,
         metrics: Metrics,
         settings: ReconcileSettings,
+        labels: CloudLabels | None = None,
         account: AccountMonitor | None = None,
     ) -> None:
         self._store = store
@@ -103,11 +105,15 @@ class NodeReconciler:
         self._metrics = metrics
         self._s = settings
         self._account = account
+        #: Cloud labels (meta, tags, host group) kept in sync with every plan; None: not managed.
+        self._labels = labels
 
     async def reconcile(self, name: str) -> Outcome:
         started = time.monotonic()
         node = self._store(name)
         if node is None:
+            if self._labels is not None:
+                self._labels.forget(name)
             return Outcome(Result.GONE, "node deleted")
         view = node_view(node)
         bound = log.bind(node=name, cluster=self._s.cluster_name or None, cs_user=self._s.user_email,
@@ -186,9 +192,11 @@ class NodeReconciler:
     def _plan(self, view: NodeView, target: _Target) -> NodePlan:
         known = target.snapshot.addresses(target.server)
         if view.uninitialized:
-            return plan_initialization(view, target.server, region=self._s.region, zone=self._s.zone,
+            plan = plan_initialization(view, target.server, region=self._s.region, zone=self._s.zone,
                                        ipv6=self._s.ipv6, known=known)
-        return plan_resync(view, target.server, ipv6=self._s.ipv6, known=known)
+        else:
+            plan = plan_resync(view, target.server, ipv6=self._s.ipv6, known=known)
+        return self._with_cloud_labels(view, target.server, target.snapshot, plan)
 
     async def _rematch(self, fresh: NodeView, target: _Target) -> _Target | None:
         """The fresh node's server from current data: a conflict retry never reuses the old decision's server."""
@@ -252,8 +260,20 @@ class NodeReconciler:
                 "Synced", f"initialized from server {server.uuid} ({server.name}) matched by {current.match.via}; "
                 f"instance type {itype or 'unknown'}"))
         if result.writes:
-            return Outcome(Result.SYNCED, "addresses updated", fields=fields)
+            if result.plan.labels or result.plan.annotations:
+                fields["labels_changed"] = dict(result.plan.labels)
+            return Outcome(Result.SYNCED, _updated(result.writes, result.plan), fields=fields)
         return Outcome(Result.UNCHANGED, "in sync", fields=fields)
+
+    def _with_cloud_labels(self, view: NodeView, server: Server, snapshot: ServerSnapshot,
+                           plan: NodePlan) -> NodePlan:
+        """``plan`` plus the change that keeps the node's cloud labels in sync with ``server`` (same patch)."""
+        if self._labels is None:
+            return plan
+        desired = self._labels.desired(server, snapshot)
+        change = self._labels.change(view, desired)
+        self._labels.report(view.name, server.uuid, desired, change)
+        return with_label_change(plan, change.labels, change.annotations)
 
     @staticmethod
     def _blocked(view: NodeView, plan: NodePlan, fields: dict[str, Any]) -> Outcome:
@@ -324,3 +344,13 @@ class NodeReconciler:
         snapshot = ServerSnapshot(servers=(server,), fetched_at=time.monotonic(), complete=False)
         return await self._sync(node, view, _Target(server, Match(MatchKind.FOUND, server=server, via="providerID"),
                                                     snapshot))
+
+
+def _updated(writes: int, plan: NodePlan) -> str:
+    """What a resync wrote: the status write (addresses) comes first, the metadata patch second."""
+    what = []
+    if writes > int(plan.writes_spec):
+        what.append("addresses")
+    if plan.labels or plan.annotations:
+        what.append("labels")
+    return " and ".join(what or ["node"]) + " updated"
