@@ -32,8 +32,9 @@ from ccm.csr.decide import (
 from ccm.csr.request import KUBELET_SERVING, CSRView, csr_view
 from ccm.kube.errors import Conflict, Forbidden, KubeNotFound
 from ccm.kube.events import EventRecorder, ObjectEvent
+from ccm.kube.informer import Informer, LogEvents
 from ccm.kube.transport import JSON, KubeTransport
-from ccm.kube.watching import ListWatcher, NodeWatcher
+from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.matching import MatchKind, match_server
 from ccm.nodes.view import NodeView, node_view
@@ -78,8 +79,8 @@ class CSRController:
         self._metrics = metrics
         self._deny = deny
         self._workers = workers
-        self.watcher = ListWatcher(kube, path=CSRS, what="csr", field_selector=f"spec.signerName={KUBELET_SERVING}",
-                                   watch_timeout=watch_timeout)
+        self.watcher = Informer(kube, CSRS, field_selector=f"spec.signerName={KUBELET_SERVING}",
+                                watch_timeout=watch_timeout, name="csrs", events=LogEvents.of("csr"))
         # Not "queue or ...": an empty WorkQueue is falsy.
         self.queue = queue if queue is not None else WorkQueue(base_delay=1.0, max_delay=300.0)
         #: uid → verdict of CSRs decided for good (approved, denied, left pending): one decision per CSR.
