@@ -39,7 +39,7 @@ from ccm.metrics import Metrics
 from ccm.nodes.matching import MatchKind, match_server
 from ccm.nodes.view import NodeView, node_view
 from ccm.servercache import ServerCache, ServerSnapshot
-from ccm.workqueue import ShutDown, WorkQueue
+from ccm.workqueue import Next, WorkQueue, run_worker
 from cloudsigma.addresses import server_addresses
 from cloudsigma.errors import CloudSigmaError
 from credentials.base import CredentialError
@@ -137,24 +137,11 @@ class CSRController:
             await asyncio.gather(watch, *tasks, return_exceptions=True)
 
     async def _worker(self, index: int) -> None:
-        while True:
-            try:
-                name = await self.queue.get()
-            except ShutDown:
-                return
-            try:
-                decision = await self.process(name)
-                if decision is not None and decision.verdict is Verdict.WAIT:
-                    self.queue.add_rate_limited(name)
-                else:
-                    self.queue.forget(name)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad CSR must never stop a worker
-                log.exception("csr_decision_crashed", csr=name, worker=index)
-                self.queue.add_rate_limited(name)
-            finally:
-                self.queue.done(name)
+        await run_worker(self.queue, self._handle, crashed="csr_decision_crashed", key_field="csr", index=index)
+
+    async def _handle(self, name: str) -> Next:
+        decision = await self.process(name)
+        return Next(retry=decision is not None and decision.verdict is Verdict.WAIT)
 
     # ------------------------------------------------------------------ one CSR
 

@@ -20,7 +20,7 @@ from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.reconcile import NodeReconciler, Result
 from ccm.nodes.view import PROVIDED_NODE_IP, UNINITIALIZED_TAINT
-from ccm.workqueue import ShutDown, WorkQueue
+from ccm.workqueue import Next, WorkQueue, run_worker
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +60,7 @@ class NodeController:
         self._workers = workers
         self._resync = resync_period
         self._metrics = metrics
-        self.queue = queue or WorkQueue(base_delay=1.0, max_delay=300.0)
+        self.queue = queue if queue is not None else WorkQueue(base_delay=1.0, max_delay=300.0)  # empty is falsy
         self._tasks: list[asyncio.Task[None]] = []
         #: Nodes whose last reconcile waited for CloudSigma (bounded by the number of nodes).
         self._waiting_for_cloud: set[str] = set()
@@ -116,31 +116,22 @@ class NodeController:
         log.info("node_controller_stopped", finished=len(done), cancelled=len(pending))
 
     async def _worker(self, index: int) -> None:
-        while True:
-            try:
-                name = await self.queue.get()
-            except ShutDown:
-                return
-            try:
-                outcome = await self._reconciler.reconcile(name)
-                if outcome.waiting_for_cloud:
-                    self._waiting_for_cloud.add(name)
-                else:
-                    self._waiting_for_cloud.discard(name)
-                if outcome.result is Result.GONE:
-                    self.queue.remove(name)
-                elif outcome.retry:
-                    self.queue.add_rate_limited(name)
-                else:
-                    self.queue.forget(name)
-                    self.queue.add_after(name, self._resync)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad node must never stop a worker
-                log.exception("reconcile_crashed", node=name, worker=index)
-                self.queue.add_rate_limited(name)
-            finally:
-                # Our own writes reach the store through observe(), not as watch events: look at it now.
-                self._track_taint(name, self._watcher.store.get(name))
-                self.queue.done(name)
-                self._metrics.queue_depth.set(len(self.queue))
+        await run_worker(self.queue, self._handle, crashed="reconcile_crashed", key_field="node", index=index,
+                         done=self._done)
+
+    async def _handle(self, name: str) -> Next:
+        outcome = await self._reconciler.reconcile(name)
+        if outcome.waiting_for_cloud:
+            self._waiting_for_cloud.add(name)
+        else:
+            self._waiting_for_cloud.discard(name)
+        if outcome.result is Result.GONE:
+            return Next(remove=True)
+        if outcome.retry:
+            return Next(retry=True)
+        return Next(after=self._resync)
+
+    def _done(self, name: str) -> None:
+        # Our own writes reach the store through observe(), not as watch events: look at it now.
+        self._track_taint(name, self._watcher.store.get(name))
+        self._metrics.queue_depth.set(len(self.queue))
