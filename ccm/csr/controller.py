@@ -37,7 +37,7 @@ from ccm.kube.transport import JSON, KubeTransport
 from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.matching import MatchKind, match_server
-from ccm.nodes.view import NodeView, node_view
+from ccm.nodes.view import NodeView
 from ccm.servercache import ServerCache, ServerSnapshot
 from ccm.workqueue import Next, WorkQueue, run_worker
 from cloudsigma.addresses import server_addresses
@@ -58,12 +58,11 @@ def _predates(snapshot: ServerSnapshot, view: CSRView) -> bool:
     return fetched < view.created + timedelta(seconds=1)
 
 
-def _node_key(node: JSON | None) -> tuple[Any, ...]:
+def _node_key(node: NodeView | None) -> tuple[Any, ...]:
     """What a waiting decision depends on: the Node's existence, providerID, taints and addresses."""
     if node is None:
         return ()
-    view = node_view(node)
-    return (view.uid, view.provider_id, view.uninitialized, view.addresses)
+    return (node.uid, node.provider_id, node.uninitialized, node.addresses)
 
 
 class CSRController:
@@ -109,7 +108,7 @@ class CSRController:
             return
         self.queue.add(name)
 
-    def _on_node(self, name: str, old: JSON | None, new: JSON | None) -> None:
+    def _on_node(self, name: str, old: NodeView | None, new: NodeView | None) -> None:
         if name in self._waiting and _node_key(old) != _node_key(new):
             for csr in self._waiting[name]:
                 self.queue.add(csr)  # one that is being decided right now runs again afterwards
@@ -181,8 +180,7 @@ class CSRController:
 
     async def decide(self, view: CSRView) -> Decision:
         """Gather the inputs (node from the store, server from the snapshot) and decide, in pure code."""
-        node_obj = self._nodes.store.get(view.requesting_node) if view.requesting_node else None
-        node = node_view(node_obj) if node_obj is not None else None
+        node = self._nodes.store.get(view.requesting_node) if view.requesting_node else None
         if view.signer_name != KUBELET_SERVING or view.decided or check_request(view) or check_node(view, node):
             return decide(view, node, None, deny=self._deny)
         assert node is not None
@@ -215,8 +213,7 @@ class CSRController:
         """Other Nodes' claims on the requested IPs; only needed (and computed) for servers with a private VLAN."""
         if view.request is None or lookup.server is None or not server_addresses(lookup.server).private_nics:
             return {}
-        nodes = (node_view(n) for n in self._nodes.store.values())
-        return address_claims(nodes, view.request.ip_addresses)
+        return address_claims(self._nodes.store.values(), view.request.ip_addresses)
 
     # ------------------------------------------------------------------ reporting
 
@@ -259,5 +256,7 @@ class CSRController:
         """Events go to the requesting Node (``kubectl describe node``); a requestor that is no node has none."""
         if not decision.node:
             return
-        node = self._nodes.store.get(decision.node) or {"metadata": {"name": decision.node}}
-        self._events.record(node, ObjectEvent(type_, reason, message))
+        node = self._nodes.store.get(decision.node)
+        ref = node.event_ref() if node is not None else {"kind": "Node", "name": decision.node, "uid": "",
+                                                          "apiVersion": "v1"}
+        self._events.record_for(ref, ObjectEvent(type_, reason, message))

@@ -15,41 +15,22 @@ from typing import Any
 
 import structlog
 
-from ccm.kube.transport import JSON
 from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.reconcile import NodeReconciler, Result
-from ccm.nodes.view import PROVIDED_NODE_IP, UNINITIALIZED_TAINT
+from ccm.nodes.view import NodeView
 from ccm.workqueue import Next, WorkQueue, run_worker
 
 log = structlog.get_logger(__name__)
 
 
-def fingerprint(node: JSON | None) -> tuple[Any, ...]:
+def fingerprint(node: NodeView | None) -> tuple[Any, ...]:
     """What the controllers decide on; a change to anything else (heartbeats, images) is ignored."""
     if node is None:
         return ()
-    meta = node.get("metadata") or {}
-    spec = node.get("spec") or {}
-    status = node.get("status") or {}
-    ready = next((c.get("status") for c in status.get("conditions") or [] if isinstance(c, dict)
-                  and c.get("type") == "Ready"), None)
-    taints = tuple(sorted((str(t.get("key")), str(t.get("effect"))) for t in spec.get("taints") or []
-                          if isinstance(t, dict)))
-    addresses = tuple((str(a.get("type")), str(a.get("address"))) for a in status.get("addresses") or []
-                      if isinstance(a, dict))
-    labels = meta.get("labels") or {}
-    return (
-        meta.get("uid"), spec.get("providerID"), taints, addresses, ready,
-        (meta.get("annotations") or {}).get(PROVIDED_NODE_IP),
-        tuple(sorted(labels.items())) if isinstance(labels, dict) else (),
-        (status.get("nodeInfo") or {}).get("systemUUID"),
-    )
-
-
-def _uninitialized(node: JSON) -> bool:
-    return any(isinstance(t, dict) and t.get("key") == UNINITIALIZED_TAINT
-               for t in (node.get("spec") or {}).get("taints") or ())
+    taints = tuple(sorted((str(t.get("key")), str(t.get("effect"))) for t in node.taints))
+    return (node.uid, node.provider_id, taints, node.addresses, node.ready, tuple(sorted(node.annotations.items())),
+            tuple(sorted(node.labels.items())), node.system_uuid)
 
 
 class NodeController:
@@ -67,7 +48,7 @@ class NodeController:
         self._uninitialized: set[str] = set()
         watcher.add_handler(self._on_event)
 
-    def _on_event(self, name: str, old: JSON | None, new: JSON | None) -> None:
+    def _on_event(self, name: str, old: NodeView | None, new: NodeView | None) -> None:
         if new is None:
             self.queue.remove(name)
             self._waiting_for_cloud.discard(name)
@@ -76,8 +57,8 @@ class NodeController:
         self._track_taint(name, new)
         self._metrics.queue_depth.set(len(self.queue))
 
-    def _track_taint(self, name: str, node: JSON | None) -> None:
-        if node is not None and _uninitialized(node):
+    def _track_taint(self, name: str, node: NodeView | None) -> None:
+        if node is not None and node.uninitialized:
             self._uninitialized.add(name)
         else:
             self._uninitialized.discard(name)
