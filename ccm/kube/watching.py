@@ -8,18 +8,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ccm.kube.fetching import NODES
-from ccm.kube.informer import Handler, ListWatch, LogEvents
+from ccm.kube.informer import ListWatch, LogEvents
 from ccm.kube.transport import KubeTransport
 from ccm.nodes.view import NodeView, node_view
 
-__all__ = ["NODE_PAGE_SIZE", "NodeHandler", "NodeWatcher"]
+__all__ = ["NODE_PAGE_SIZE", "NodeWatcher"]
 
 #: Nodes per list page. Each page's JSON is decoded whole (a Node with its images and managedFields is 10-20
-#: KiB of JSON, several times that as Python objects) before its records are kept: a smaller page lowers the
-#: transient — and the memory the allocator keeps afterwards — at the cost of a request per 100 Nodes.
-NODE_PAGE_SIZE = 100
-
-NodeHandler = Handler[NodeView]
+#: KiB of JSON, about four times that as Python objects) before its records are kept, and the allocator keeps
+#: about one decoded page afterwards (bench.nodestore: ~2 MiB at 50, ~4 MiB at 100, ~20 MiB at client-go's 500)
+#: — at the cost of one list request per 50 Nodes when (re)listing.
+NODE_PAGE_SIZE = 50
 
 
 def _version(view: NodeView) -> str | None:
