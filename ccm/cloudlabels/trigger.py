@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from ccm.cloudlabels.decide import DesiredLabels, LabelPolicy, desired_cloud_labels
-from ccm.kube.transport import JSON
-from ccm.nodes.view import UNINITIALIZED_TAINT
+from ccm.nodes.view import NodeView
 from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerSnapshot
 
@@ -18,7 +17,7 @@ Fingerprint = tuple[tuple[tuple[str, str], ...], frozenset[str]]
 class RelabelOnRefresh:
     """A :meth:`ServerCache.add_refresh_listener` listener."""
 
-    def __init__(self, policy: LabelPolicy, *, nodes: Callable[[], Iterable[JSON]],
+    def __init__(self, policy: LabelPolicy, *, nodes: Callable[[], Iterable[NodeView]],
                  enqueue: Callable[[str], None]) -> None:
         self._policy = policy
         self._nodes = nodes
@@ -37,16 +36,14 @@ class RelabelOnRefresh:
         if not changed:
             return
         for node in self._nodes():
-            meta = node.get("metadata") or {}
-            spec = node.get("spec") or {}
-            if any(isinstance(t, dict) and t.get("key") == UNINITIALIZED_TAINT for t in spec.get("taints") or []):
+            if node.uninitialized:
                 continue  # initialization is under way: it sets the labels too
             try:
-                uuid = parse_provider_id(str(spec.get("providerID") or ""))
+                uuid = parse_provider_id(node.provider_id)
             except ForeignProviderID:
                 continue
-            if uuid in changed and meta.get("name"):
-                self._enqueue(str(meta["name"]))
+            if uuid in changed and node.name:
+                self._enqueue(node.name)
                 self.queued += 1
 
 

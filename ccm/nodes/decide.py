@@ -34,7 +34,7 @@ class NodePlan:
     provider_id: str | None = None  # set only when the node has none
     labels: dict[str, str | None] = field(default_factory=dict)  # keys to set (None: remove)
     annotations: dict[str, str | None] = field(default_factory=dict)  # keys to set (None: remove)
-    taints: tuple[dict[str, Any], ...] | None = None  # full new taint list, or None = unchanged
+    taints: tuple[Mapping[str, Any], ...] | None = None  # full new taint list, or None = unchanged
     #: Why the node must stay as it is (a problem the operator must fix), if any.
     blocked: str | None = None
     #: A one-word reason for ``blocked`` (``InvalidNodeAddresses``, ``NoNodeAddress``).
@@ -50,7 +50,7 @@ class NodePlan:
         return self.addresses is None and not self.writes_spec
 
 
-def _without(taints: tuple[dict[str, Any], ...], key: str) -> tuple[dict[str, Any], ...]:
+def _without(taints: tuple[Mapping[str, Any], ...], key: str) -> tuple[Mapping[str, Any], ...]:
     return tuple(t for t in taints if t.get("key") != key)
 
 

@@ -16,6 +16,7 @@ from ccm.cloudlabels.sources import LabelSources
 from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
 from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.config import ConfigError, load_settings
+from ccm.nodes.view import node_view
 from ccm.servercache import ServerCache, ServerSnapshot, SnapshotExtras
 from cloudsigma.client import ServerList, TagList
 from cloudsigma.errors import CallContext, ServerError
@@ -193,10 +194,10 @@ def snapshot(*servers: Server, groups: Mapping[str, str] | None = None) -> Serve
 
 
 def test_trigger_queues_only_initialized_nodes_whose_labels_changed() -> None:
-    nodes = [node("n1", tainted=False, provider_id=f"cloudsigma://{UUID1}"),
-             node("n2", tainted=False, provider_id=f"cloudsigma://{UUID2}"),
-             node("n3", tainted=True, provider_id=f"cloudsigma://{UUID1}"),  # being initialized
-             node("n4", tainted=False, provider_id="aws:///i-1")]
+    nodes = [node_view(node("n1", tainted=False, provider_id=f"cloudsigma://{UUID1}")),
+             node_view(node("n2", tainted=False, provider_id=f"cloudsigma://{UUID2}")),
+             node_view(node("n3", tainted=True, provider_id=f"cloudsigma://{UUID1}")),  # being initialized
+             node_view(node("n4", tainted=False, provider_id="aws:///i-1"))]
     queued: list[str] = []
     trigger = RelabelOnRefresh(LabelPolicy(), nodes=lambda: nodes, enqueue=queued.append)
     s1 = server(uuid=UUID1, meta={"pool": "a", "other": "x"})
