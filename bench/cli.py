@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import environment
+from bench import environment, nodestore
 from bench.report import evaluate_targets, render_report
 from bench.scenario import Options, run_case
 
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", type=Path, metavar="RESULTS_JSON",
                    help="only re-render the report and plot from a results file")
     p.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs (printed path)")
+    p.add_argument("--no-node-store", action="store_true",
+                   help="skip the memory-per-held-Node measurement (python -m bench.nodestore) for each N")
     return p
 
 
@@ -127,6 +129,12 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             results["runs"].append(ref_result)
         elif n > args.reference_max_nodes:
             log(f"[reference-{n}] skipped: above --reference-max-nodes={args.reference_max_nodes}")
+    if not args.no_node_store:
+        log(f"[node-store] RSS per held Node for N = {', '.join(map(str, nodes))} (python -m bench.nodestore)")
+        results["node_store"] = await asyncio.to_thread(nodestore.run, nodes)
+        for r in results["node_store"]:
+            log(f"[node-store] N={r['nodes']}: {r['rss_bytes_per_node']} B RSS, {r['traced_bytes_per_node']} B "
+                f"traced per held Node")
     results["total_seconds"] = round(time.monotonic() - started, 1)
     results["targets"] = evaluate_targets(results)
     return results

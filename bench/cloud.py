@@ -23,14 +23,23 @@ def node_names(n: int) -> list[str]:
     return [f"{NODE_PREFIX}-{i}" for i in range(n)]
 
 
+BENCH_TAG = "3b0d5c1e-6a2f-4c8d-9e7b-1f2a3b4c5d6e"
+SERVERS_PER_HOST = 4
+
+
 def seed(n: int, *, token_lifetime: int) -> dict[str, Any]:
-    """One user owning ``n`` running servers ``node-0..node-(n-1)``, each with a public DHCP NIC."""
+    """One user owning ``n`` running servers ``node-0..node-(n-1)``, each with a public DHCP NIC, the meta a
+    Cluster API provider writes (``pool``, ``cluster``), one tag, and ``SERVERS_PER_HOST`` servers per physical
+    host: every source of the cloud labels has something to say."""
     return {
         "settings": {"token_lifetime": token_lifetime},
         "users": [{"email": USER_EMAIL, "password": "unused-password"}],
         "clients": [{"client_id": CLIENT_ID, "secret": CLIENT_SECRET, "may_impersonate": True,
                      "may_exchange": True}],
-        "servers": [{"owner": USER_EMAIL, "name": NODE_PREFIX, "count": n, "nics": [{"type": "dhcp", "ip": "auto"}]}],
+        "tags": [{"name": "bench", "uuid": BENCH_TAG, "owner": USER_EMAIL}],
+        "servers": [{"owner": USER_EMAIL, "name": NODE_PREFIX, "count": n, "nics": [{"type": "dhcp", "ip": "auto"}],
+                     "meta": {"pool": "workers", "cluster": "bench"}, "tags": [BENCH_TAG],
+                     "hosts": max(1, -(-n // SERVERS_PER_HOST))}],
     }
 
 

@@ -50,6 +50,25 @@ async def call(client: ApiClient, method: str, path: str, *, body: Any = None,
         resp.release()
 
 
+async def cloud_label_summary(client: ApiClient) -> dict[str, int]:
+    """How many Nodes carry each kind of ``node.cloudsigma.com/`` label, and how many distinct host groups."""
+    status, body = await call(client, "GET", NODES)
+    if status != 200:
+        return {}
+    counts = {"meta": 0, "tag": 0, "host-group": 0}
+    groups: set[str] = set()
+    for node in json.loads(body).get("items", []):
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        keys = [k[len("node.cloudsigma.com/"):] for k in labels if k.startswith("node.cloudsigma.com/")]
+        counts["meta"] += any(k.startswith("meta.") for k in keys)
+        counts["tag"] += any(k.startswith("tag.") for k in keys)
+        if "host-group" in keys:
+            counts["host-group"] += 1
+            groups.add(labels["node.cloudsigma.com/host-group"])
+    counts["host_groups_distinct"] = len(groups)
+    return counts
+
+
 def _rfc3339(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 ANALYSIS_PATH = Path(__file__).resolve().parent / "analysis.md"
+GOAL_BYTES_PER_NODE = 3 * 1024
 TOKEN_REFRESH_MARGIN_S = 120.0  # ccm.config default: refresh this long before expiry, capped at 25% of lifetime
 HANDFUL = 5
 
@@ -97,6 +98,19 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("peak RSS under 100 MiB", f"N={n:,}", _fmt(rss, " MiB", 1),
             (rss is not None and rss < 100.0) if n <= 1000 else None,
             "" if n <= 1000 else "reported (target is for 1,000)")
+    store = results.get("node_store") or []
+    if len(store) >= 2:
+        slope = _store_slope(store)
+        add("RSS per held Node ≤ 3 KiB", f"N={store[0]['nodes']:,}→{store[-1]['nodes']:,} (node store)",
+            _fmt(slope, " B", 0), slope <= GOAL_BYTES_PER_NODE,
+            "python -m bench.nodestore: RSS growth per additional Node listed")
+    for r in store:
+        per = r.get("rss_bytes_per_node")
+        add("RSS per held Node ≤ 3 KiB", f"N={r['nodes']:,} (node store)",
+            f"{_fmt(per, ' B', 0)} ({_fmt(r.get('traced_bytes_per_node'), ' B', 0)} traced)",
+            (per is not None and per <= GOAL_BYTES_PER_NODE) if len(store) < 2 else None,
+            "RSS growth after listing N Nodes, / N: includes a fixed part (about one decoded list page that the "
+            "allocator keeps)" if len(store) >= 2 else "RSS growth after listing N Nodes, / N")
     for n, r in sorted(ours.items()):
         idle = r.get("idle")
         if not idle:
@@ -128,6 +142,13 @@ def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or not a:
         return ""
     return f"{b / a:,.1f}x"
+
+
+def _labels(v: Any) -> str:
+    if not isinstance(v, dict) or not v:
+        return "—"
+    return (f"{v.get('meta', 0):,} / {v.get('tag', 0):,} / {v.get('host-group', 0):,} "
+            f"({v.get('host_groups_distinct', 0):,})")
 
 
 def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str]:
@@ -174,6 +195,8 @@ def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str
            "node_writes_per_node", ratio=False)
     metric("Kubernetes event writes per node", lambda v: _fmt(v, "", 3), "burst", "event_writes_per_node",
            ratio=False)
+    metric("nodes with cloud labels after the burst: meta / tag / host group (distinct groups)", _labels, "burst",
+           "cloud_labels", ratio=False)
     metric("reconciles in the burst", lambda v: _fmt(sum(v.values())) if isinstance(v, dict) else "—", "burst",
            "reconciles", ratio=False)
     metric("daemon CPU during the burst", secs, "burst", "cpu_seconds", "daemon")
@@ -214,6 +237,47 @@ def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str
                      + ", ".join(f"{k.replace('_', '-')} {v:.1f}" for k, v in cpu.items() if not k.startswith("_"))
                      + f" over {cpu.get('_wall', 0):.1f} s wall.")
     lines.append("")
+    return lines
+
+
+def _store_slope(store: list[dict[str, Any]]) -> float:
+    """RSS growth per additional held Node between the smallest and largest N of bench.nodestore."""
+    lo, hi = store[0], store[-1]
+    grown = (hi["rss_after_mib"] - hi["rss_before_mib"]) - (lo["rss_after_mib"] - lo["rss_before_mib"])
+    return float(grown * 1024 * 1024 / (hi["nodes"] - lo["nodes"]))
+
+
+def _memory_section(results: dict[str, Any], ours: dict[int, dict[str, Any]]) -> list[str]:
+    """Memory per held Node: the node store alone (bench.nodestore) and the daemon's peak RSS slope."""
+    store = results.get("node_store") or []
+    if not store and len(ours) < 2:
+        return []
+    lines = ["## Memory per held Node", ""]
+    if store:
+        lines += ["`python -m bench.nodestore` (run for each N in a fresh interpreter): the daemon's node watcher "
+                  "lists N Nodes as a kubelet, the kube-controller-manager, a CNI, Cluster API and the CCM leave "
+                  "them (managedFields, images, five conditions, about 11 KiB of JSON each), served in pages by a "
+                  "stand-in for the API server and decoded like the real transport does. RSS is read before and "
+                  "after (both after `gc.collect()` and `malloc_trim(0)`); traced bytes are the Python allocations "
+                  "still alive after the list (tracemalloc, a second fresh run).", "",
+                  "| N | JSON per Node | RSS per held Node | peak RSS per Node during the list | traced bytes per "
+                  "held Node |", "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['nodes']:,} | {_fmt(r.get('json_bytes_per_node'), ' B', 0)} | "
+                  f"{_fmt(r.get('rss_bytes_per_node'), ' B', 0)} | {_fmt(r.get('peak_rss_bytes_per_node'), ' B', 0)} "
+                  f"| {_fmt(r.get('traced_bytes_per_node'), ' B', 0)} |" for r in store]
+        if len(store) >= 2:
+            lines += ["", f"Slope from N = {store[0]['nodes']:,} to {store[-1]['nodes']:,}: "
+                      f"{_fmt(_store_slope(store), ' B', 0)} RSS per additional Node (without the fixed part: about "
+                      "one decoded list page that the allocator keeps)."]
+        lines.append("")
+    peaks = [(n, r.get("daemon", {}).get("peak_rss_mib")) for n, r in sorted(ours.items())]
+    peaks = [(n, p) for n, p in peaks if p is not None]
+    if len(peaks) >= 2:
+        (n1, p1), (n2, p2) = peaks[0], peaks[-1]
+        lines += [f"The daemon end to end (burst daemon, `VmHWM`): {_fmt(p1, ' MiB', 1)} at N = {n1:,}, "
+                  f"{_fmt(p2, ' MiB', 1)} at N = {n2:,}: {_fmt((p2 - p1) * 1024 / (n2 - n1), ' KiB', 1)} of peak "
+                  "RSS per additional Node — the node store, the server snapshot (N servers), the queue, events and "
+                  "the transient of listings and watch events together.", ""]
     return lines
 
 
@@ -266,13 +330,16 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
         ".venv/bin/python -m bench --nodes 100,1000,5000 --latency-ms 25          # full run",
         ".venv/bin/python -m bench --nodes 100,1000 --quick                       # shorter phases",
         ".venv/bin/python -m bench --report-only bench/results/latest.json        # re-render this page",
+        ".venv/bin/python -m bench.nodestore --nodes 1000,5000                    # memory per held Node only",
+        ".venv/bin/python -m bench.daemonheap --nodes 2000                        # what the daemon holds per Node",
         "```",
         "",
         "Options: `--reference-max-nodes` (default 1000), `--register-concurrency` (50), `--resync` (5 s), "
         "`--cache-max-age` (2 s), `--steady-periods` (3), `--idle-seconds` (60), `--no-idle`, `--profile` "
         "(py-spy on the daemon at the largest N; `.venv/bin/pip install py-spy`), "
         "`--daemon-flag=--concurrent-node-syncs=32` "
-        "(extra flags for ours, for experiments), `--keep-logs`. The kube-apiserver binary is built on first use "
+        "(extra flags for ours, for experiments), `--keep-logs`, `--no-node-store` (skip `bench.nodestore`, which "
+        "otherwise runs for each N after the cases). The kube-apiserver binary is built on first use "
         "by `scripts/build-kube-apiserver.sh` (needs Go) and cached.",
         "",
         "## This run",
@@ -322,6 +389,7 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
     for n in sorted(set(ref) - set(ours)):
         lines += _case_table(n, ref[n], None)
 
+    lines += _memory_section(results, ours)
     lines += ["## Taint-removal delay distribution", "",
               f"![taint-removal delay per N, ours vs reference]({_rel(plot_path, docs_dir)})", ""]
     for r in (r for r in results.get("runs", []) if r.get("profile")):

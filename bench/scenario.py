@@ -29,7 +29,7 @@ import psutil
 
 from bench import promtext
 from bench.cloud import CloudCounters, daemon_env, node_names, start_emulator
-from bench.kube import TaintWatcher, admin_client, register_burst
+from bench.kube import TaintWatcher, admin_client, cloud_label_summary, register_burst
 from bench.procs import MIB, Daemon, DaemonConfig, cpu_seconds
 from bench.profiling import PySpy, format_summary, summarise
 from bench.stats import summary
@@ -215,10 +215,16 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
             "cpu_seconds": CpuClock.delta(cpu1, cpu0),
             "watch_events": watcher.events,
         }
+        labels_client = await admin_client(kubeconfig, pool_size=1)
+        try:
+            b["cloud_labels"] = await cloud_label_summary(labels_client)
+        finally:
+            await labels_client.close()
         result["delays_s"] = sorted(round(d, 4) for d in delays)
         log(f"[{label}] burst: {initialized}/{n} initialised, p50 {b['delay_s'].get('p50')}s "
             f"p99 {b['delay_s'].get('p99')}s, all {b['all_initialized_after_last_created_s']}s after the last "
-            f"create; CloudSigma API requests {cloud_burst.api_total}, node writes {split1['node']:g}")
+            f"create; CloudSigma API requests {cloud_burst.api_total}, node writes {split1['node']:g}; "
+            f"nodes with cloud labels {b['cloud_labels']}")
 
         # -- 2. idle, same daemon ------------------------------------------------------------------------------
         if mode == "snapshot" and opts.idle:

@@ -187,6 +187,17 @@ class Settings(BaseSettings):
     termination_grace_period: float = Field(
         30.0, description="terminationGracePeriodSeconds of the pod: the shutdown timeout plus the event flush "
         "(2s), the lease release (3s) and the exit (2s) must fit in it; checked at start-up.")
+    node_label_meta_keys: Annotated[list[str], NoDecode] = Field(
+        ["pool", "cluster"], description="Server meta keys mirrored as node.cloudsigma.com/meta.<key> labels, kept "
+        "in sync (comma-separated; key* matches by prefix; none: no meta labels).")
+    node_label_tags: Annotated[list[str], NoDecode] = Field(
+        [], description="Tag names mirrored as node.cloudsigma.com/tag.<name>=true labels, kept in sync "
+        "(comma-separated; name* matches by prefix, * every tag; none, the default: no tag labels and no "
+        "GET /tags/ call).")
+    node_label_host_group: bool = Field(
+        True, description="Label each node node.cloudsigma.com/host-group=<opaque id> shared by the nodes whose "
+        "servers run on one physical host, for topologySpreadConstraints (one GET /servers/availability_groups/ "
+        "per server snapshot).")
 
     # -- leader election (management cluster) --
     leader_elect: bool = Field(True, description="Use a Lease so only one replica reconciles.")
@@ -267,6 +278,20 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"names an unknown provider (item {', '.join(unknown)} of the list); "
                                  f"known providers: {', '.join(sorted(known))}")
+        return value
+
+    @field_validator("node_label_meta_keys", "node_label_tags", mode="before")
+    @classmethod
+    def _label_patterns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = [] if text.lower() in ("", "none") else [p.strip() for p in text.split(",") if p.strip()]
+        if isinstance(value, list):
+            for pattern in value:
+                if not isinstance(pattern, str) or not pattern:
+                    raise ValueError("must list names (comma-separated), e.g. pool,cluster")
+                if "*" in pattern[:-1]:
+                    raise ValueError(f"has {pattern!r}: a '*' may only end a name (it matches by prefix)")
         return value
 
     @field_validator("impersonation_subject_claims", mode="before")

@@ -25,6 +25,9 @@ import aiohttp
 import structlog
 from kubernetes_asyncio.client import ApiClient
 
+from ccm.cloudlabels.sources import LabelSources
+from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
+from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.clusterref import ClusterIdentity, ClusterRefFollower
 from ccm.config import ConfigError, Settings, env_name, flag_name, secrets_of
 from ccm.csr.controller import CSRController
@@ -193,8 +196,11 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
         on_request=metrics.observe_request, session=services.session,
         throttle=services.throttle(identity.region, identity.cluster) if services.throttle is not None else None,
     )
+    label_policy = policy_from_settings(settings)
+    label_sources = LabelSources(client, label_policy)
     cache = ServerCache(client, max_age=settings.server_cache_max_age,
-                        on_refresh=lambda _: metrics.snapshot_refreshes.inc())
+                        on_refresh=lambda _: metrics.snapshot_refreshes.inc(),
+                        extras=label_sources if label_sources.needed else None)
     kube = kube_factory(tenant, timeout=kube_timeout, fence=fence,
                         on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
@@ -211,11 +217,15 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
                                    cluster_name=identity.cluster,
                                    use_system_uuid=settings.node_lookup_by_system_uuid,
                                    lookup=settings.server_lookup),
+        labels=CloudLabels(label_policy),
     )
     controller = NodeController(watcher, reconciler, workers=identity.workers,
                                 resync_period=settings.node_status_update_frequency, metrics=metrics)
     cache.add_recovery_listener(controller.cloud_is_back)
     account.add_recovery_listener(controller.cloud_is_back)
+    # Cloud labels follow a changed server at the next snapshot refresh, not only at the node's next resync.
+    cache.add_refresh_listener(RelabelOnRefresh(label_policy, nodes=lambda: list(watcher.store.values()),
+                                                enqueue=controller.queue.add))
     lifecycle = LifecycleController(
         nodes=lambda: list(watcher.store.values()), kube=kube, cache=cache, client=client, applier=applier,
         events=events, metrics=metrics, primary_provider=settings.credential_chain[0],

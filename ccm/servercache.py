@@ -10,6 +10,10 @@ instead of minutes later. A 429 with ``Retry-After`` closes the cache until that
 no listing is sent inside the window, whatever the callers' own backoff says.
 
 A snapshot answer is never proof that a server is gone: deletion needs a direct GET (see lifecycle).
+
+After each successful listing the cache may fetch *extras* (tag names, host groups: see
+:mod:`ccm.cloudlabels.sources`), once per snapshot; their failure never fails the listing (the snapshot then says
+"unknown" for them).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -29,6 +33,16 @@ from cloudsigma.models import Server
 from credentials.base import CredentialError
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotExtras:
+    """Facts fetched once per snapshot besides the servers. None: not fetched, or the call failed this round."""
+
+    #: tag uuid → tag name (``GET /tags/``).
+    tag_names: Mapping[str, str] | None = None
+    #: server uuid → id of the physical host group it runs in (``GET /servers/availability_groups/``).
+    host_groups: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,9 +60,13 @@ class ServerSnapshot:
     token_subject: str | None = None
     #: Each server's addresses, extracted (and its unusable data logged) once per snapshot.
     _addresses: dict[str, ServerAddresses] = field(default_factory=dict, repr=False, compare=False)
+    #: tag uuid → name, and server uuid → host group id, fetched with this listing (None: unknown).
+    tag_names: Mapping[str, str] | None = field(default=None, repr=False)
+    host_groups: Mapping[str, str] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_list(cls, listing: ServerList, fetched_at: float) -> ServerSnapshot:
+    def from_list(cls, listing: ServerList, fetched_at: float,
+                  extras: SnapshotExtras | None = None) -> ServerSnapshot:
         by_uuid: dict[str, Server] = {}
         by_name: dict[str, list[Server]] = {}
         for server in listing.servers:
@@ -58,6 +76,7 @@ class ServerSnapshot:
             servers=listing.servers, fetched_at=fetched_at, complete=listing.complete,
             request_ids=listing.request_ids, provider=listing.provider, by_uuid=by_uuid,
             by_name={k: tuple(v) for k, v in by_name.items()}, token_subject=listing.token_subject,
+            tag_names=extras.tag_names if extras else None, host_groups=extras.host_groups if extras else None,
         )
 
     def age(self, now: float | None = None) -> float:
@@ -83,8 +102,12 @@ class ServerCache:
     def __init__(self, client: CloudSigmaClient, *, max_age: float = 10.0, stale_factor: float = 3.0,
                  clock: Callable[[], float] = time.monotonic,
                  on_refresh: Callable[[ServerSnapshot], None] | None = None,
-                 probe_interval: float | None = 1.0, max_probe_interval: float = 10.0) -> None:
+                 probe_interval: float | None = 1.0, max_probe_interval: float = 10.0,
+                 extras: Callable[[], Awaitable[SnapshotExtras]] | None = None) -> None:
         self._client = client
+        #: Fetches the extras of one snapshot (at most once per refresh); must not raise.
+        self._extras = extras
+        self._refresh_listeners: list[Callable[[ServerSnapshot], None]] = []
         self.max_age = max_age
         #: A snapshot up to ``max_age * stale_factor`` old still answers *hits* while a refresh runs in the
         #: background (stale-while-revalidate); older ones block. Misses always wait for a fresh listing.
@@ -110,6 +133,10 @@ class ServerCache:
     @property
     def current(self) -> ServerSnapshot | None:
         return self._snapshot
+
+    def add_refresh_listener(self, listener: Callable[[ServerSnapshot], None]) -> None:
+        """``listener(snapshot)`` is called after every successful refresh (it must be quick)."""
+        self._refresh_listeners.append(listener)
 
     def now(self) -> float:
         """The cache's clock: compare with :attr:`ServerSnapshot.fetched_at` (``refresh(newer_than=...)``)."""
@@ -191,12 +218,13 @@ class ServerCache:
         self._inflight = future
         try:
             started = self._clock()
-            listing = await self._client.list_servers(detail=True)
-            snapshot = ServerSnapshot.from_list(listing, fetched_at=started)
+            listing, extras = await self._list_with_extras()
+            snapshot = ServerSnapshot.from_list(listing, fetched_at=started, extras=extras)
             self._snapshot = snapshot
             self.refreshes += 1
             if self._on_refresh is not None:
                 self._on_refresh(snapshot)
+            self._tell_listeners(snapshot)
             log.debug("server_snapshot_refreshed", servers=len(snapshot.servers), complete=snapshot.complete,
                       request_ids=list(snapshot.request_ids), credential_provider=snapshot.provider)
             future.set_result(snapshot)
@@ -213,6 +241,25 @@ class ServerCache:
             raise
         finally:
             self._inflight = None
+
+    async def _list_with_extras(self) -> tuple[ServerList, SnapshotExtras | None]:
+        """The listing, then its extras. Only a listing that succeeded costs the extra calls: a failing API is
+        never sent more than the listing (probes included), and a fault meant for the listing meets it."""
+        listing = await self._client.list_servers(detail=True)
+        if self._extras is None:
+            return listing, None
+        try:
+            return listing, await self._extras()
+        except Exception:  # a bug in a source must not cost the listing
+            log.exception("snapshot_extras_failed")
+            return listing, None
+
+    def _tell_listeners(self, snapshot: ServerSnapshot) -> None:
+        for listener in self._refresh_listeners:
+            try:
+                listener(snapshot)
+            except Exception:  # a listener must never break a refresh
+                log.exception("refresh_listener_failed")
 
     # ---- failure, recovery and probing ---------------------------------------------------------
 

@@ -3,6 +3,8 @@
 - A key is queued at most once; a key re-added while a worker processes it runs again after ``done``.
 - ``add_rate_limited`` delays by ``base * 2**failures`` (capped) with jitter; ``forget`` resets the count.
 - ``add_after`` schedules (periodic resync); an earlier schedule wins over a later one.
+
+:func:`run_worker` is the loop every controller's workers run (get → handle → retry/forget → done).
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import heapq
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 class ShutDown(Exception):
@@ -136,3 +143,47 @@ class WorkQueue:
         if self._timer is not None:
             self._timer.cancel()
         self._ready.set()
+
+
+@dataclass(frozen=True)
+class Next:
+    """What a worker does with a key once it has been handled (see :func:`run_worker`)."""
+
+    #: Again after the key's backoff (``add_rate_limited``).
+    retry: bool = False
+    #: Forget the key entirely (its object is gone).
+    remove: bool = False
+    #: Otherwise: forget its failures, and queue it again after this many seconds (periodic resync), if set.
+    after: float | None = None
+
+
+async def run_worker(queue: WorkQueue, handle: Callable[[str], Awaitable[Next]], *, crashed: str, key_field: str,
+                     index: int = 0, done: Callable[[str], None] | None = None) -> None:
+    """One worker: take a key, ``handle`` it, queue it again as the answer says, until the queue shuts down.
+
+    A handler that raises (a bug, bad data) is logged as ``crashed`` and its key retried with backoff: one bad
+    object never stops a worker. ``done(key)`` runs after every key, whatever happened."""
+    while True:
+        try:
+            key = await queue.get()
+        except ShutDown:
+            return
+        try:
+            step = await handle(key)
+            if step.remove:
+                queue.remove(key)
+            elif step.retry:
+                queue.add_rate_limited(key)
+            else:
+                queue.forget(key)
+                if step.after is not None:
+                    queue.add_after(key, step.after)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one bad object must never stop a worker
+            log.exception(crashed, worker=index, **{key_field: key})
+            queue.add_rate_limited(key)
+        finally:
+            queue.done(key)
+            if done is not None:
+                done(key)

@@ -43,10 +43,10 @@ from cloudsigma.errors import (
     is_notexist_proof,
     parse_error_body,
 )
-from cloudsigma.models import InvalidObject, Server, parse_server
+from cloudsigma.models import InvalidObject, Server, Tag, parse_server, parse_tag
 from credentials.base import Credential
 
-__all__ = ["CloudSigmaClient", "CredentialSource", "RequestRecord", "RetryPolicy", "ServerList"]
+__all__ = ["CloudSigmaClient", "CredentialSource", "RequestRecord", "RetryPolicy", "ServerList", "TagList"]
 
 USER_AGENT = "cloudsigma-ccm/0.1 (+kubernetes cloud controller manager)"
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -104,6 +104,16 @@ class ServerList:
     @property
     def complete(self) -> bool:
         return not self.invalid and len(self.servers) == self.total_count
+
+
+@dataclass(frozen=True)
+class TagList:
+    """Every tag the user may see (all pages); ``invalid`` names the objects that could not be parsed."""
+
+    tags: tuple[Tag, ...]
+    total_count: int
+    request_ids: tuple[str, ...]
+    invalid: tuple[str, ...] = ()
 
 
 _PARSE_INLINE_MAX = 200
@@ -234,6 +244,37 @@ class CloudSigmaClient:
             provider=ctx.provider if ctx else None,
             token_subject=ctx.token_subject if ctx else None,
         )
+
+    async def list_tags(self) -> TagList:
+        """GET ``/tags/``, every page: the names behind the tag references of server objects."""
+        objects, total, request_ids, _ = await self._list_all("tags/", {})
+        tags: list[Tag] = []
+        invalid: list[str] = []
+        for index, raw in enumerate(objects):
+            try:
+                tags.append(parse_tag(raw))
+            except InvalidObject as exc:
+                invalid.append(f"#{index} {exc.uuid or '?'}: {exc}")
+        if invalid:
+            log.warning("cloudsigma_invalid_objects", path="/tags/", count=len(invalid), first=invalid[0])
+        return TagList(tags=tuple(tags), total_count=total, request_ids=tuple(request_ids), invalid=tuple(invalid))
+
+    async def server_availability_groups(self) -> tuple[tuple[str, ...], ...]:
+        """GET ``/servers/availability_groups/``: groups of uuids of running servers sharing a physical host.
+
+        The answer is a bare array of arrays (no envelope, no pages); any other shape is an
+        :class:`InvalidResponse` — a group read in part could put two hosts' servers under one name.
+        """
+        payload, ctx = await self._call("GET", "servers/availability_groups/")
+        if not isinstance(payload, list):
+            raise InvalidResponse("availability groups are not an array", status=200, context=ctx)
+        groups: list[tuple[str, ...]] = []
+        for item in payload:
+            if not isinstance(item, list) or not all(isinstance(u, str) and _UUID_RE.fullmatch(u) for u in item):
+                raise InvalidResponse("an availability group is not an array of server uuids", status=200,
+                                      context=ctx)
+            groups.append(tuple(u.lower() for u in item))
+        return tuple(groups)
 
     # ---- pagination ---------------------------------------------------------------------------
 

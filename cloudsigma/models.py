@@ -2,7 +2,7 @@
 
 Parsing is tolerant of missing/null fields and of unknown extra fields (the API grows), and strict about
 the types we rely on: a server without a string ``uuid`` is invalid, a NIC of an unexpected shape is kept
-with the parts we understand. Use :func:`parse_server` and :func:`parse_server_list`.
+with the parts we understand. Use :func:`parse_server` and :func:`parse_tag`.
 """
 
 from __future__ import annotations
@@ -225,6 +225,20 @@ class Server(_Model):
         return self.owner.uuid if self.owner else None
 
 
+class Tag(_Model):
+    """A tag (``GET /tags/``): servers carry only references to it; the name is here."""
+
+    uuid: str
+    name: str
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        if not _UUID.fullmatch(value.strip()):
+            raise ValueError(f"{value[:64]!r} is not a tag uuid")
+        return value.strip().lower()
+
+
 class InvalidObject(ValueError):
     """An object of a list could not be parsed into a model."""
 
@@ -245,3 +259,16 @@ def parse_server(payload: Any) -> Server:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise InvalidObject(f"invalid server object: {where}: {first.get('msg')}", uuid=uuid) from None
+
+
+def parse_tag(payload: Any) -> Tag:
+    """Parse one tag object; raise :class:`InvalidObject` with a one-line reason when it is unusable."""
+    if not isinstance(payload, dict):
+        raise InvalidObject(f"tag object is a {type(payload).__name__}, not an object")
+    try:
+        return Tag.model_validate(payload)
+    except ValidationError as exc:
+        uuid = payload.get("uuid") if isinstance(payload.get("uuid"), str) else None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidObject(f"invalid tag object: {where}: {first.get('msg')}", uuid=uuid) from None

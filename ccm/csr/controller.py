@@ -32,13 +32,14 @@ from ccm.csr.decide import (
 from ccm.csr.request import KUBELET_SERVING, CSRView, csr_view
 from ccm.kube.errors import Conflict, Forbidden, KubeNotFound
 from ccm.kube.events import EventRecorder, ObjectEvent
+from ccm.kube.informer import Informer, LogEvents
 from ccm.kube.transport import JSON, KubeTransport
-from ccm.kube.watching import ListWatcher, NodeWatcher
+from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.matching import MatchKind, match_server
-from ccm.nodes.view import NodeView, node_view
+from ccm.nodes.view import NodeView
 from ccm.servercache import ServerCache, ServerSnapshot
-from ccm.workqueue import ShutDown, WorkQueue
+from ccm.workqueue import Next, WorkQueue, run_worker
 from cloudsigma.addresses import server_addresses
 from cloudsigma.errors import CloudSigmaError
 from credentials.base import CredentialError
@@ -57,12 +58,11 @@ def _predates(snapshot: ServerSnapshot, view: CSRView) -> bool:
     return fetched < view.created + timedelta(seconds=1)
 
 
-def _node_key(node: JSON | None) -> tuple[Any, ...]:
+def _node_key(node: NodeView | None) -> tuple[Any, ...]:
     """What a waiting decision depends on: the Node's existence, providerID, taints and addresses."""
     if node is None:
         return ()
-    view = node_view(node)
-    return (view.uid, view.provider_id, view.uninitialized, view.addresses)
+    return (node.uid, node.provider_id, node.uninitialized, node.addresses)
 
 
 class CSRController:
@@ -78,8 +78,8 @@ class CSRController:
         self._metrics = metrics
         self._deny = deny
         self._workers = workers
-        self.watcher = ListWatcher(kube, path=CSRS, what="csr", field_selector=f"spec.signerName={KUBELET_SERVING}",
-                                   watch_timeout=watch_timeout)
+        self.watcher = Informer(kube, CSRS, field_selector=f"spec.signerName={KUBELET_SERVING}",
+                                watch_timeout=watch_timeout, name="csrs", events=LogEvents.of("csr"))
         # Not "queue or ...": an empty WorkQueue is falsy.
         self.queue = queue if queue is not None else WorkQueue(base_delay=1.0, max_delay=300.0)
         #: uid → verdict of CSRs decided for good (approved, denied, left pending): one decision per CSR.
@@ -108,7 +108,7 @@ class CSRController:
             return
         self.queue.add(name)
 
-    def _on_node(self, name: str, old: JSON | None, new: JSON | None) -> None:
+    def _on_node(self, name: str, old: NodeView | None, new: NodeView | None) -> None:
         if name in self._waiting and _node_key(old) != _node_key(new):
             for csr in self._waiting[name]:
                 self.queue.add(csr)  # one that is being decided right now runs again afterwards
@@ -136,24 +136,11 @@ class CSRController:
             await asyncio.gather(watch, *tasks, return_exceptions=True)
 
     async def _worker(self, index: int) -> None:
-        while True:
-            try:
-                name = await self.queue.get()
-            except ShutDown:
-                return
-            try:
-                decision = await self.process(name)
-                if decision is not None and decision.verdict is Verdict.WAIT:
-                    self.queue.add_rate_limited(name)
-                else:
-                    self.queue.forget(name)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad CSR must never stop a worker
-                log.exception("csr_decision_crashed", csr=name, worker=index)
-                self.queue.add_rate_limited(name)
-            finally:
-                self.queue.done(name)
+        await run_worker(self.queue, self._handle, crashed="csr_decision_crashed", key_field="csr", index=index)
+
+    async def _handle(self, name: str) -> Next:
+        decision = await self.process(name)
+        return Next(retry=decision is not None and decision.verdict is Verdict.WAIT)
 
     # ------------------------------------------------------------------ one CSR
 
@@ -193,8 +180,7 @@ class CSRController:
 
     async def decide(self, view: CSRView) -> Decision:
         """Gather the inputs (node from the store, server from the snapshot) and decide, in pure code."""
-        node_obj = self._nodes.store.get(view.requesting_node) if view.requesting_node else None
-        node = node_view(node_obj) if node_obj is not None else None
+        node = self._nodes.store.get(view.requesting_node) if view.requesting_node else None
         if view.signer_name != KUBELET_SERVING or view.decided or check_request(view) or check_node(view, node):
             return decide(view, node, None, deny=self._deny)
         assert node is not None
@@ -227,8 +213,7 @@ class CSRController:
         """Other Nodes' claims on the requested IPs; only needed (and computed) for servers with a private VLAN."""
         if view.request is None or lookup.server is None or not server_addresses(lookup.server).private_nics:
             return {}
-        nodes = (node_view(n) for n in self._nodes.store.values())
-        return address_claims(nodes, view.request.ip_addresses)
+        return address_claims(self._nodes.store.values(), view.request.ip_addresses)
 
     # ------------------------------------------------------------------ reporting
 
@@ -271,5 +256,7 @@ class CSRController:
         """Events go to the requesting Node (``kubectl describe node``); a requestor that is no node has none."""
         if not decision.node:
             return
-        node = self._nodes.store.get(decision.node) or {"metadata": {"name": decision.node}}
-        self._events.record(node, ObjectEvent(type_, reason, message))
+        node = self._nodes.store.get(decision.node)
+        ref = node.event_ref() if node is not None else {"kind": "Node", "name": decision.node, "uid": "",
+                                                          "apiVersion": "v1"}
+        self._events.record_for(ref, ObjectEvent(type_, reason, message))

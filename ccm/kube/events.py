@@ -103,7 +103,11 @@ class EventRecorder:
 
     async def emit(self, node: Mapping[str, Any], event: ObjectEvent) -> None:
         """Record ``event`` about a Node and wait until it is written (before an irreversible action)."""
-        series = self._note(node_ref(node), event)
+        await self.emit_for(node_ref(node), event)
+
+    async def emit_for(self, ref: Mapping[str, str], event: ObjectEvent) -> None:
+        """Record ``event`` about the object ``ref`` and wait until it is written."""
+        series = self._note(ref, event)
         if series.task is not None:
             await asyncio.wait({series.task})
 

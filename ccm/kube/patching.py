@@ -42,7 +42,7 @@ async def patch_node(
     *,
     resource_version: str,
     uid: str | None = None,
-    labels: dict[str, str] | None = None,
+    labels: dict[str, str | None] | None = None,
     annotations: dict[str, str | None] | None = None,
     provider_id: str | None = None,
     taints: list[dict[str, Any]] | None = None,

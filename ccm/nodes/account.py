@@ -21,8 +21,8 @@ from enum import Enum
 import structlog
 
 from ccm.kube.events import EventRecorder, ObjectEvent
-from ccm.kube.transport import JSON
 from ccm.metrics import Metrics
+from ccm.nodes.view import NodeView
 from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerSnapshot
 
@@ -39,20 +39,14 @@ class Verdict(Enum):
     UNKNOWN = "unknown"  # no Ready node with a CloudSigma providerID: nothing to compare with
 
 
-def expected_servers(nodes: Iterable[JSON]) -> dict[str, str]:
-    """Server uuid → node name for the providerIDs of Ready nodes (raw JSON: this runs for every node per
-    snapshot)."""
+def expected_servers(nodes: Iterable[NodeView]) -> dict[str, str]:
+    """Server uuid → node name for the providerIDs of Ready nodes."""
     expected: dict[str, str] = {}
     for node in nodes:
-        provider_id = (node.get("spec") or {}).get("providerID")
-        if not provider_id:
-            continue
-        ready = next((c.get("status") for c in (node.get("status") or {}).get("conditions") or ()
-                      if isinstance(c, dict) and c.get("type") == "Ready"), None)
-        if ready != "True":
+        if not node.provider_id or node.ready != "True":
             continue
         try:
-            expected[parse_provider_id(str(provider_id))] = str((node.get("metadata") or {}).get("name", ""))
+            expected[parse_provider_id(node.provider_id)] = node.name
         except ForeignProviderID:
             continue
     return expected
@@ -78,7 +72,7 @@ def account_verdict(listed: Collection[str], names: Collection[str], expected: M
 class AccountMonitor:
     """Judges each snapshot once; warns once per wrong-account episode; reports the return to normal."""
 
-    def __init__(self, *, nodes: Callable[[], Iterable[JSON]], events: EventRecorder, metrics: Metrics,
+    def __init__(self, *, nodes: Callable[[], Iterable[NodeView]], events: EventRecorder, metrics: Metrics,
                  user_email: str, region: str, request_refresh: Callable[[Callable[[ServerSnapshot], bool]], None]
                  | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._nodes = nodes

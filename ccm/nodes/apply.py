@@ -33,7 +33,10 @@ Replan = Callable[[NodeView], Awaitable[NodePlan | None]]
 
 @dataclass
 class ApplyResult:
-    node: JSON
+    #: The Node as last known: the record of the last write's answer or re-read, else the one decided from.
+    node: NodeView
+    #: The API's last answer (a write's or a re-read's) that ``node`` was built from; None if none came.
+    fetched: JSON | None
     writes: int
     conflicts: int
     plan: NodePlan
@@ -49,49 +52,52 @@ class NodeApplier:
         self._retries = conflict_retries
         self._delay = conflict_delay
 
-    async def apply(self, node: JSON, plan: NodePlan, replan: Replan) -> ApplyResult:
-        """Write ``plan``; on conflict re-read the node and write ``await replan(fresh)`` instead."""
+    async def apply(self, node: NodeView, plan: NodePlan, replan: Replan) -> ApplyResult:
+        """Write ``plan`` (decided from ``node``); on conflict re-read the node and write ``await replan(fresh)``
+        instead."""
         writes = conflicts = 0
-        current = node
-        first = node_view(node)
+        first = view = node
+        fetched: JSON | None = None
         for attempt in range(self._retries + 1):
-            view = node_view(current)
             if attempt > 0:
                 if view.uid != first.uid:
                     log.info("node_replaced", node=view.name, old_uid=first.uid, new_uid=view.uid,
                              note="the decision was about the previous object: nothing written to this one")
-                    return ApplyResult(current, writes, conflicts, plan, superseded=True)
+                    return ApplyResult(view, fetched, writes, conflicts, plan, superseded=True)
                 fresh_plan = await replan(view)
                 if fresh_plan is None:
-                    return ApplyResult(current, writes, conflicts, plan, abandoned=True)
+                    return ApplyResult(view, fetched, writes, conflicts, plan, abandoned=True)
                 plan = fresh_plan
             if plan.blocked or plan.empty:
-                return ApplyResult(current, writes, conflicts, plan)
+                return ApplyResult(view, fetched, writes, conflicts, plan)
             try:
+                rv = view.resource_version
                 if plan.addresses is not None:
-                    current = await patching.replace_addresses(
+                    fetched = await patching.replace_addresses(
                         self._kube, view.name, [a.as_dict() for a in plan.addresses],
-                        uid=view.uid, resource_version=view.resource_version)
+                        uid=view.uid, resource_version=rv)
                     writes += 1
                     plan = replace(plan, addresses=None)
+                    rv = str((fetched.get("metadata") or {}).get("resourceVersion", rv))
                 if plan.writes_spec:
-                    rv = str((current.get("metadata") or {}).get("resourceVersion", view.resource_version))
-                    current = await patching.patch_node(
+                    fetched = await patching.patch_node(
                         self._kube, view.name, uid=view.uid, resource_version=rv, labels=plan.labels or None,
-                        provider_id=plan.provider_id,
-                        taints=list(plan.taints) if plan.taints is not None else None,
+                        annotations=plan.annotations or None, provider_id=plan.provider_id,
+                        taints=[dict(t) for t in plan.taints] if plan.taints is not None else None,
                     )
                     writes += 1
-                return ApplyResult(current, writes, conflicts, plan)
+                return ApplyResult(node_view(fetched) if fetched is not None else view, fetched, writes, conflicts,
+                                   plan)
             except Conflict:
                 conflicts += 1
                 log.info("node_write_conflict", node=view.name, attempt=attempt + 1)
                 await asyncio.sleep(self._delay * (0.5 + random.random()))
                 try:
-                    current = await get_node(self._kube, view.name)
+                    fetched = await get_node(self._kube, view.name)
                 except KubeNotFound:
                     log.info("node_replaced", node=view.name, old_uid=first.uid, new_uid=None,
                              note="the node was deleted before the plan was written")
-                    return ApplyResult(current, writes, conflicts, plan, superseded=True)
+                    return ApplyResult(view, fetched, writes, conflicts, plan, superseded=True)
+                view = node_view(fetched)
         raise Conflict(f"node {first.name} kept changing: gave up after {self._retries} conflicts",
                        status=409, method="PATCH", path="/api/v1/nodes")

@@ -15,41 +15,22 @@ from typing import Any
 
 import structlog
 
-from ccm.kube.transport import JSON
 from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.reconcile import NodeReconciler, Result
-from ccm.nodes.view import PROVIDED_NODE_IP, UNINITIALIZED_TAINT
-from ccm.workqueue import ShutDown, WorkQueue
+from ccm.nodes.view import NodeView
+from ccm.workqueue import Next, WorkQueue, run_worker
 
 log = structlog.get_logger(__name__)
 
 
-def fingerprint(node: JSON | None) -> tuple[Any, ...]:
+def fingerprint(node: NodeView | None) -> tuple[Any, ...]:
     """What the controllers decide on; a change to anything else (heartbeats, images) is ignored."""
     if node is None:
         return ()
-    meta = node.get("metadata") or {}
-    spec = node.get("spec") or {}
-    status = node.get("status") or {}
-    ready = next((c.get("status") for c in status.get("conditions") or [] if isinstance(c, dict)
-                  and c.get("type") == "Ready"), None)
-    taints = tuple(sorted((str(t.get("key")), str(t.get("effect"))) for t in spec.get("taints") or []
-                          if isinstance(t, dict)))
-    addresses = tuple((str(a.get("type")), str(a.get("address"))) for a in status.get("addresses") or []
-                      if isinstance(a, dict))
-    labels = meta.get("labels") or {}
-    return (
-        meta.get("uid"), spec.get("providerID"), taints, addresses, ready,
-        (meta.get("annotations") or {}).get(PROVIDED_NODE_IP),
-        tuple(sorted(labels.items())) if isinstance(labels, dict) else (),
-        (status.get("nodeInfo") or {}).get("systemUUID"),
-    )
-
-
-def _uninitialized(node: JSON) -> bool:
-    return any(isinstance(t, dict) and t.get("key") == UNINITIALIZED_TAINT
-               for t in (node.get("spec") or {}).get("taints") or ())
+    taints = tuple(sorted((str(t.get("key")), str(t.get("effect"))) for t in node.taints))
+    return (node.uid, node.provider_id, taints, node.addresses, node.ready, tuple(sorted(node.annotations.items())),
+            tuple(sorted(node.labels.items())), node.system_uuid)
 
 
 class NodeController:
@@ -60,14 +41,14 @@ class NodeController:
         self._workers = workers
         self._resync = resync_period
         self._metrics = metrics
-        self.queue = queue or WorkQueue(base_delay=1.0, max_delay=300.0)
+        self.queue = queue if queue is not None else WorkQueue(base_delay=1.0, max_delay=300.0)  # empty is falsy
         self._tasks: list[asyncio.Task[None]] = []
         #: Nodes whose last reconcile waited for CloudSigma (bounded by the number of nodes).
         self._waiting_for_cloud: set[str] = set()
         self._uninitialized: set[str] = set()
         watcher.add_handler(self._on_event)
 
-    def _on_event(self, name: str, old: JSON | None, new: JSON | None) -> None:
+    def _on_event(self, name: str, old: NodeView | None, new: NodeView | None) -> None:
         if new is None:
             self.queue.remove(name)
             self._waiting_for_cloud.discard(name)
@@ -76,8 +57,8 @@ class NodeController:
         self._track_taint(name, new)
         self._metrics.queue_depth.set(len(self.queue))
 
-    def _track_taint(self, name: str, node: JSON | None) -> None:
-        if node is not None and _uninitialized(node):
+    def _track_taint(self, name: str, node: NodeView | None) -> None:
+        if node is not None and node.uninitialized:
             self._uninitialized.add(name)
         else:
             self._uninitialized.discard(name)
@@ -121,31 +102,22 @@ class NodeController:
         log.info("node_controller_stopped", finished=len(done), cancelled=len(pending))
 
     async def _worker(self, index: int) -> None:
-        while True:
-            try:
-                name = await self.queue.get()
-            except ShutDown:
-                return
-            try:
-                outcome = await self._reconciler.reconcile(name)
-                if outcome.waiting_for_cloud:
-                    self._waiting_for_cloud.add(name)
-                else:
-                    self._waiting_for_cloud.discard(name)
-                if outcome.result is Result.GONE:
-                    self.queue.remove(name)
-                elif outcome.retry:
-                    self.queue.add_rate_limited(name)
-                else:
-                    self.queue.forget(name)
-                    self.queue.add_after(name, self._resync)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad node must never stop a worker
-                log.exception("reconcile_crashed", node=name, worker=index)
-                self.queue.add_rate_limited(name)
-            finally:
-                # Our own writes reach the store through observe(), not as watch events: look at it now.
-                self._track_taint(name, self._watcher.store.get(name))
-                self.queue.done(name)
-                self._metrics.queue_depth.set(len(self.queue))
+        await run_worker(self.queue, self._handle, crashed="reconcile_crashed", key_field="node", index=index,
+                         done=self._done)
+
+    async def _handle(self, name: str) -> Next:
+        outcome = await self._reconciler.reconcile(name)
+        if outcome.waiting_for_cloud:
+            self._waiting_for_cloud.add(name)
+        else:
+            self._waiting_for_cloud.discard(name)
+        if outcome.result is Result.GONE:
+            return Next(remove=True)
+        if outcome.retry:
+            return Next(retry=True)
+        return Next(after=self._resync)
+
+    def _done(self, name: str) -> None:
+        # Our own writes reach the store through observe(), not as watch events: look at it now.
+        self._track_taint(name, self._watcher.store.get(name))
+        self._metrics.queue_depth.set(len(self.queue))

@@ -1,13 +1,15 @@
 """Decide what a Node should look like, from its server. Pure functions: no I/O, no clock.
 
 :func:`plan_initialization` for nodes still carrying the uninitialized taint; :func:`plan_resync` for
-initialized ones (addresses only, upstream sets type/region/zone once); :func:`plan_shutdown_taint` for
-the lifecycle controller. :mod:`ccm.nodes.apply` is the one place that writes a plan to the API.
+initialized ones (addresses only, upstream sets type/region/zone once); :func:`with_label_change` adds the
+cloud labels' change (:mod:`ccm.cloudlabels`) to either; :func:`plan_shutdown_taint` for the lifecycle
+controller. :mod:`ccm.nodes.apply` is the one place that writes a plan to the API.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ccm.nodes.addresses import AddressError, decide_addresses, has_ip, same_addresses
@@ -30,8 +32,9 @@ class NodePlan:
 
     addresses: tuple[Address, ...] | None = None  # full replacement, or None = unchanged
     provider_id: str | None = None  # set only when the node has none
-    labels: dict[str, str] = field(default_factory=dict)  # keys to add
-    taints: tuple[dict[str, Any], ...] | None = None  # full new taint list, or None = unchanged
+    labels: dict[str, str | None] = field(default_factory=dict)  # keys to set (None: remove)
+    annotations: dict[str, str | None] = field(default_factory=dict)  # keys to set (None: remove)
+    taints: tuple[Mapping[str, Any], ...] | None = None  # full new taint list, or None = unchanged
     #: Why the node must stay as it is (a problem the operator must fix), if any.
     blocked: str | None = None
     #: A one-word reason for ``blocked`` (``InvalidNodeAddresses``, ``NoNodeAddress``).
@@ -40,14 +43,14 @@ class NodePlan:
 
     @property
     def writes_spec(self) -> bool:
-        return self.provider_id is not None or bool(self.labels) or self.taints is not None
+        return self.provider_id is not None or bool(self.labels) or bool(self.annotations) or self.taints is not None
 
     @property
     def empty(self) -> bool:
         return self.addresses is None and not self.writes_spec
 
 
-def _without(taints: tuple[dict[str, Any], ...], key: str) -> tuple[dict[str, Any], ...]:
+def _without(taints: tuple[Mapping[str, Any], ...], key: str) -> tuple[Mapping[str, Any], ...]:
     return tuple(t for t in taints if t.get("key") != key)
 
 
@@ -91,7 +94,7 @@ def plan_initialization(node: NodeView, server: Server, *, region: str, zone: st
     provider_id = None if node.provider_id else format_provider_id(server.uuid)
     addresses = (None if same_addresses(decision.addresses, node.addresses, leading=decision.leading)
                  else decision.addresses)
-    labels = labels_to_add(node.labels, desired_labels(server, region=region, zone=zone))
+    labels: dict[str, str | None] = dict(labels_to_add(node.labels, desired_labels(server, region=region, zone=zone)))
     taints = _without(node.taints, UNINITIALIZED_TAINT) if node.uninitialized else None
     return NodePlan(addresses=addresses, provider_id=provider_id, labels=labels, taints=taints, notes=tuple(notes))
 
@@ -113,6 +116,15 @@ def plan_resync(node: NodeView, server: Server, *, ipv6: bool = True, known: Ser
     if same_addresses(decision.addresses, node.addresses, leading=decision.leading):
         return NodePlan()
     return NodePlan(addresses=decision.addresses)
+
+
+def with_label_change(plan: NodePlan, labels: Mapping[str, str | None],
+                      annotations: Mapping[str, str | None]) -> NodePlan:
+    """``plan`` plus a change of the cloud labels (:mod:`ccm.cloudlabels`), written in the same patch. A blocked
+    plan writes nothing, so it stays as it is."""
+    if plan.blocked or (not labels and not annotations):
+        return plan
+    return replace(plan, labels={**labels, **plan.labels}, annotations={**plan.annotations, **annotations})
 
 
 def plan_shutdown_taint(node: NodeView, server_status: str | None) -> NodePlan:

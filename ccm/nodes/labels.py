@@ -9,6 +9,7 @@ Existing labels are never overwritten.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from cloudsigma.models import Server
 
@@ -48,6 +49,6 @@ def desired_labels(server: Server, *, region: str, zone: str) -> dict[str, str]:
     return labels
 
 
-def labels_to_add(current: dict[str, str], desired: dict[str, str]) -> dict[str, str]:
+def labels_to_add(current: Mapping[str, str], desired: dict[str, str]) -> dict[str, str]:
     """Only keys the node does not have: an existing label is the operator's or kubelet's decision."""
     return {k: v for k, v in desired.items() if k not in current}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,13 +30,13 @@ import structlog
 from ccm.kube import patching
 from ccm.kube.errors import KubeError
 from ccm.kube.events import EventRecorder, ObjectEvent
-from ccm.kube.transport import JSON, KubeTransport
+from ccm.kube.transport import KubeTransport
 from ccm.metrics import Metrics
 from ccm.nodes.account import AccountMonitor, Verdict
 from ccm.nodes.apply import NodeApplier
 from ccm.nodes.decide import NodePlan, plan_shutdown_taint
 from ccm.nodes.matching import MatchKind, match_server
-from ccm.nodes.view import SHUTDOWN_TAINT, NodeView, node_view
+from ccm.nodes.view import SHUTDOWN_TAINT, NodeView
 from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerCache, ServerSnapshot
 from cloudsigma.client import CloudSigmaClient
@@ -46,23 +46,17 @@ from credentials.base import CredentialError
 log = structlog.get_logger(__name__)
 
 
-def needs_check(node: JSON) -> bool:
-    """NotReady/Unknown, or still carrying the shutdown taint. Reads the raw object: it runs for every Node
-    every monitor period, so it must cost next to nothing on a healthy cluster."""
-    for taint in (node.get("spec") or {}).get("taints") or ():
-        if isinstance(taint, dict) and taint.get("key") == SHUTDOWN_TAINT:
-            return True
-    for cond in (node.get("status") or {}).get("conditions") or ():
-        if isinstance(cond, dict) and cond.get("type") == "Ready":
-            return cond.get("status") in ("False", "Unknown")
-    return False
+def needs_check(node: NodeView) -> bool:
+    """NotReady/Unknown, or still carrying the shutdown taint (it runs for every Node every monitor period, so
+    it reads two fields of the stored record and nothing else)."""
+    return node.not_ready or node.shutdown_tainted
 
 
 class LifecycleController:
     def __init__(
         self,
         *,
-        nodes: Callable[[], list[JSON]],
+        nodes: Callable[[], Iterable[NodeView]],
         kube: KubeTransport,
         cache: ServerCache,
         client: CloudSigmaClient,
@@ -112,23 +106,22 @@ class LifecycleController:
             try:
                 await self._check(node)
             except (CloudSigmaError, CredentialError) as exc:
-                log.warning("lifecycle_cloud_unavailable", node=node_view(node).name, **exc.log_fields())
+                log.warning("lifecycle_cloud_unavailable", node=node.name, **exc.log_fields())
             except KubeError as exc:
-                log.warning("lifecycle_kube_error", node=node_view(node).name, **exc.log_fields())
+                log.warning("lifecycle_kube_error", node=node.name, **exc.log_fields())
         self._metrics.reconcile_duration.labels("lifecycle").observe(time.monotonic() - started)
 
-    async def _check(self, node: JSON) -> None:
-        view = node_view(node)
+    async def _check(self, view: NodeView) -> None:
         if not view.not_ready:
             # Ready again: the shutdown taint goes without asking the cloud.
-            await self._apply_taint(node, view, None)
+            await self._apply_taint(view, None)
             return
         snapshot = await self._cache.get()
         if self._account is not None and self._account.verdict(snapshot) is Verdict.WRONG:
             return  # another account's listing: no taint, no GET, no deletion (one cluster-level warning says so)
         match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
         if match.kind is MatchKind.FOUND and match.server is not None:
-            await self._apply_taint(node, view, match.server.status)
+            await self._apply_taint(view, match.server.status)
             return
         if match.kind in (MatchKind.AMBIGUOUS, MatchKind.FOREIGN_PROVIDER_ID):
             return
@@ -136,9 +129,9 @@ class LifecycleController:
             return
         evidence = await self._proof_of_absence(view)
         if evidence is not None:
-            await self._delete(node, view, evidence)
+            await self._delete(view, evidence)
 
-    async def _apply_taint(self, node: JSON, view: NodeView, status: str | None) -> None:
+    async def _apply_taint(self, view: NodeView, status: str | None) -> None:
         plan = plan_shutdown_taint(view, status)
         if plan.empty:
             return
@@ -153,7 +146,7 @@ class LifecycleController:
                 return None
             return plan_shutdown_taint(fresh, match.server.status)
 
-        result = await self._applier.apply(node, plan, replan)
+        result = await self._applier.apply(view, plan, replan)
         if result.superseded or result.abandoned:
             return  # the node was replaced or no longer matches: the next check decides again
         added = any(t.get("key") == SHUTDOWN_TAINT for t in plan.taints or ())
@@ -247,20 +240,19 @@ class LifecycleController:
     def _account_confirmed(self, view: NodeView, snapshot: ServerSnapshot) -> str:
         """The name of another Node whose server the listing holds ("" if none)."""
         for other in self._nodes():
-            other_view = node_view(other)
-            if other_view.name == view.name:
+            if other.name == view.name:
                 continue
-            found = match_server(other_view, snapshot.by_uuid, snapshot.by_name,
-                                 use_system_uuid=self._use_system_uuid)
+            found = match_server(other, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
             if found.kind is MatchKind.FOUND:
-                return other_view.name
+                return other.name
         return ""
 
-    async def _delete(self, node: JSON, view: NodeView, evidence: dict[str, Any]) -> None:
+    async def _delete(self, view: NodeView, evidence: dict[str, Any]) -> None:
         message = (f"deleting node: its server is gone ({evidence['proof']}); NotReady since "
                    f"{view.ready_since.isoformat() if view.ready_since else 'unknown'}")
         request_id = evidence.get("request_id") or ",".join(evidence.get("request_ids", []))
-        await self._events.emit(node, ObjectEvent.normal("DeletingNode", message, request_id=request_id))
+        await self._events.emit_for(view.event_ref(), ObjectEvent.normal("DeletingNode", message,
+                                                                       request_id=request_id))
         try:
             await patching.delete_node(self._kube, view.name, uid=view.uid, resource_version=view.resource_version)
         except KubeError as exc:

@@ -18,16 +18,17 @@ from typing import Any
 
 import structlog
 
+from ccm.cloudlabels.sync import CloudLabels
 from ccm.kube.errors import KubeError
 from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.transport import JSON
 from ccm.metrics import Metrics
 from ccm.nodes.account import AccountMonitor, Verdict
 from ccm.nodes.apply import NodeApplier
-from ccm.nodes.decide import INVALID_NODE_ADDRESSES, NodePlan, plan_initialization, plan_resync
+from ccm.nodes.decide import INVALID_NODE_ADDRESSES, NodePlan, plan_initialization, plan_resync, with_label_change
 from ccm.nodes.labels import INSTANCE_TYPE
 from ccm.nodes.matching import Match, MatchKind, describe_candidates, match_server
-from ccm.nodes.view import NodeView, node_view
+from ccm.nodes.view import NodeView
 from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerCache, ServerSnapshot
 from cloudsigma.client import CloudSigmaClient
@@ -84,7 +85,7 @@ class NodeReconciler:
     def __init__(
         self,
         *,
-        store: Callable[[str], JSON | None],
+        store: Callable[[str], NodeView | None],
         observe: Callable[[JSON], None] | None = None,
         cache: ServerCache,
         client: CloudSigmaClient,
@@ -92,6 +93,7 @@ class NodeReconciler:
         events: EventRecorder,
         metrics: Metrics,
         settings: ReconcileSettings,
+        labels: CloudLabels | None = None,
         account: AccountMonitor | None = None,
     ) -> None:
         self._store = store
@@ -103,24 +105,27 @@ class NodeReconciler:
         self._metrics = metrics
         self._s = settings
         self._account = account
+        #: Cloud labels (meta, tags, host group) kept in sync with every plan; None: not managed.
+        self._labels = labels
 
     async def reconcile(self, name: str) -> Outcome:
         started = time.monotonic()
-        node = self._store(name)
-        if node is None:
+        view = self._store(name)
+        if view is None:
+            if self._labels is not None:
+                self._labels.forget(name)
             return Outcome(Result.GONE, "node deleted")
-        view = node_view(node)
         bound = log.bind(node=name, cluster=self._s.cluster_name or None, cs_user=self._s.user_email,
                          region=self._s.region)
         try:
-            outcome = await self._reconcile(node, view)
+            outcome = await self._reconcile(view)
         except (CloudSigmaError, CredentialError) as exc:
             outcome = self._cloud_failed(view, exc)
         except KubeError as exc:
             outcome = Outcome(Result.ERROR, f"kubernetes call failed: {exc.message}", retry=True,
                               fields=exc.log_fields())
         if outcome.event is not None:
-            self._events.record(node, outcome.event)  # the one place node events are recorded
+            self._events.record_for(view.event_ref(), outcome.event)  # the one place node events are recorded
         duration = time.monotonic() - started
         self._metrics.reconciles.labels("node", outcome.result.value).inc()
         self._metrics.reconcile_duration.labels("node").observe(duration)
@@ -149,9 +154,9 @@ class NodeReconciler:
                        "node left as it is", retry=True, waiting_for_cloud=True,
                        fields={"credential_provider": snapshot.provider, "servers_seen": len(snapshot.servers)})
 
-    async def _reconcile(self, node: JSON, view: NodeView) -> Outcome:
+    async def _reconcile(self, view: NodeView) -> Outcome:
         if self._s.lookup == "per-node":
-            return await self._reconcile_per_node(node, view)
+            return await self._reconcile_per_node(view)
         snapshot = await self._cache.get()
         if (wrong := self._wrong_account(snapshot)) is not None:
             return wrong
@@ -163,22 +168,22 @@ class NodeReconciler:
                 return wrong
             match = self._match(view, snapshot)
         if match.kind is MatchKind.FOUND and match.server is not None:
-            return await self._sync(node, view, _Target(match.server, match, snapshot))
-        return await self._unmatched(node, view, match, snapshot)
+            return await self._sync(view, _Target(match.server, match, snapshot))
+        return await self._unmatched(view, match, snapshot)
 
-    async def _reconcile_per_node(self, node: JSON, view: NodeView) -> Outcome:
+    async def _reconcile_per_node(self, view: NodeView) -> Outcome:
         """Upstream's call pattern: GET the server by providerID, or list by name — once per node."""
         if view.provider_id:
             match = match_server(view, {}, {})  # no listing: NOT_IN_SNAPSHOT sends us to the direct GET
             if match.kind is MatchKind.NOT_IN_SNAPSHOT and match.provider_uuid:
-                return await self._provider_id_missing(node, view, match, {})
-            return await self._unmatched(node, view, match, ServerSnapshot((), 0.0, True))
+                return await self._provider_id_missing(view, match, {})
+            return await self._unmatched(view, match, ServerSnapshot((), 0.0, True))
         listing = await self._client.list_servers(name=view.name)
         snapshot = ServerSnapshot.from_list(listing, time.monotonic())
         match = self._match(view, snapshot)
         if match.kind is MatchKind.FOUND and match.server is not None:
-            return await self._sync(node, view, _Target(match.server, match, snapshot))
-        return await self._unmatched(node, view, match, snapshot)
+            return await self._sync(view, _Target(match.server, match, snapshot))
+        return await self._unmatched(view, match, snapshot)
 
     def _match(self, view: NodeView, snapshot: ServerSnapshot) -> Match:
         return match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._s.use_system_uuid)
@@ -186,9 +191,11 @@ class NodeReconciler:
     def _plan(self, view: NodeView, target: _Target) -> NodePlan:
         known = target.snapshot.addresses(target.server)
         if view.uninitialized:
-            return plan_initialization(view, target.server, region=self._s.region, zone=self._s.zone,
+            plan = plan_initialization(view, target.server, region=self._s.region, zone=self._s.zone,
                                        ipv6=self._s.ipv6, known=known)
-        return plan_resync(view, target.server, ipv6=self._s.ipv6, known=known)
+        else:
+            plan = plan_resync(view, target.server, ipv6=self._s.ipv6, known=known)
+        return self._with_cloud_labels(view, target.server, target.snapshot, plan)
 
     async def _rematch(self, fresh: NodeView, target: _Target) -> _Target | None:
         """The fresh node's server from current data: a conflict retry never reuses the old decision's server."""
@@ -203,7 +210,7 @@ class NodeReconciler:
         # A server seen by a direct GET but not (yet) listed still answers for a node that names it.
         return _Target(target.server, target.match, snapshot) if same else None
 
-    async def _sync(self, node: JSON, view: NodeView, target: _Target) -> Outcome:
+    async def _sync(self, view: NodeView, target: _Target) -> Outcome:
         fields: dict[str, Any] = {"server_uuid": target.server.uuid, "matched_by": target.match.via,
                                   "snapshot_request_ids": list(target.snapshot.request_ids)[:3],
                                   "credential_provider": target.snapshot.provider}
@@ -221,14 +228,14 @@ class NodeReconciler:
         plan = self._plan(view, target)
         if plan.blocked:
             return self._blocked(view, plan, fields)
-        result = await self._applier.apply(node, plan, replan)
-        if result.writes and self._observe is not None:
-            self._observe(result.node)
+        result = await self._applier.apply(view, plan, replan)
+        if result.writes and result.fetched is not None and self._observe is not None:
+            self._observe(result.fetched)
         fields.update(writes=result.writes, conflicts=result.conflicts, server_uuid=current.server.uuid,
                       matched_by=current.match.via)
         for note in result.plan.notes:
             fields.setdefault("notes", []).append(note)
-        written = node_view(result.node)
+        written = result.node
         if result.writes:
             fields["addresses"] = [f"{a.type}={a.address}" for a in written.addresses]
         if result.superseded:
@@ -252,8 +259,20 @@ class NodeReconciler:
                 "Synced", f"initialized from server {server.uuid} ({server.name}) matched by {current.match.via}; "
                 f"instance type {itype or 'unknown'}"))
         if result.writes:
-            return Outcome(Result.SYNCED, "addresses updated", fields=fields)
+            if result.plan.labels or result.plan.annotations:
+                fields["labels_changed"] = dict(result.plan.labels)
+            return Outcome(Result.SYNCED, _updated(result.writes, result.plan), fields=fields)
         return Outcome(Result.UNCHANGED, "in sync", fields=fields)
+
+    def _with_cloud_labels(self, view: NodeView, server: Server, snapshot: ServerSnapshot,
+                           plan: NodePlan) -> NodePlan:
+        """``plan`` plus the change that keeps the node's cloud labels in sync with ``server`` (same patch)."""
+        if self._labels is None:
+            return plan
+        desired = self._labels.desired(server, snapshot)
+        change = self._labels.change(view, desired)
+        self._labels.report(view.name, server.uuid, desired, change)
+        return with_label_change(plan, change.labels, change.annotations)
 
     @staticmethod
     def _blocked(view: NodeView, plan: NodePlan, fields: dict[str, Any]) -> Outcome:
@@ -267,7 +286,7 @@ class NodeReconciler:
         return Outcome(Result.UNCHANGED, f"addresses not updated: {problem}", fields=fields,
                        event=ObjectEvent.warning(reason, f"addresses not updated: {problem}"))
 
-    async def _unmatched(self, node: JSON, view: NodeView, match: Match, snapshot: ServerSnapshot) -> Outcome:
+    async def _unmatched(self, view: NodeView, match: Match, snapshot: ServerSnapshot) -> Outcome:
         fields: dict[str, Any] = {"servers_seen": len(snapshot.servers),
                                   "snapshot_request_ids": list(snapshot.request_ids)[:3],
                                   "credential_provider": snapshot.provider}
@@ -283,13 +302,13 @@ class NodeReconciler:
             return Outcome(Result.BLOCKED, msg, retry=True, fields=fields,
                            event=ObjectEvent.warning("DuplicateServerName", msg))
         if match.kind is MatchKind.NOT_IN_SNAPSHOT and match.provider_uuid:
-            return await self._provider_id_missing(node, view, match, fields)
+            return await self._provider_id_missing(view, match, fields)
         msg = (f"no server named {view.name!r} among the servers of {self._s.user_email} in {self._s.region}; "
                "check the VM's name and owner")
         event = ObjectEvent.warning("ServerNotFound", msg) if view.uninitialized else None
         return Outcome(Result.BLOCKED, msg, retry=True, fields=fields, event=event)
 
-    async def _provider_id_missing(self, node: JSON, view: NodeView, match: Match,
+    async def _provider_id_missing(self, view: NodeView, match: Match,
                                    fields: dict[str, Any]) -> Outcome:
         uuid = match.provider_uuid or ""
         fields["server_uuid"] = uuid
@@ -322,5 +341,15 @@ class NodeReconciler:
                            event=ObjectEvent.warning("ServerNotFound", msg, request_id=exc.request_id))
         # Visible to a direct GET but not in the listing (listing lag): use it.
         snapshot = ServerSnapshot(servers=(server,), fetched_at=time.monotonic(), complete=False)
-        return await self._sync(node, view, _Target(server, Match(MatchKind.FOUND, server=server, via="providerID"),
-                                                    snapshot))
+        return await self._sync(view, _Target(server, Match(MatchKind.FOUND, server=server, via="providerID"),
+                                              snapshot))
+
+
+def _updated(writes: int, plan: NodePlan) -> str:
+    """What a resync wrote: the status write (addresses) comes first, the metadata patch second."""
+    what = []
+    if writes > int(plan.writes_spec):
+        what.append("addresses")
+    if plan.labels or plan.annotations:
+        what.append("labels")
+    return " and ".join(what or ["node"]) + " updated"

@@ -1,6 +1,7 @@
 """The CloudSigma API 2.0 emulator as an aiohttp application: ``create_app(state)``.
 
-API (``/api/2.0/``, Basic or Bearer auth): ``servers/``, ``servers/detail/``, ``servers/{uuid}/``, ``ips/``,
+API (``/api/2.0/``, Basic or Bearer auth): ``servers/``, ``servers/detail/``, ``servers/{uuid}/``,
+``servers/availability_groups/[{uuid}/]``, ``tags/``, ``tags/detail/``, ``tags/{uuid}/[servers/]``, ``ips/``,
 ``ips/detail/``, ``ips/{ip}/``, ``profile/``, ``locations/`` (no auth). OAuth and impersonation: see
 :mod:`tests.emulator.oauth`. Control plane (never faulted, logged or counted): ``/_emulator/...``.
 """
@@ -38,7 +39,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SHORT_SERVER_FIELDS = ("name", "owner", "resource_uri", "runtime", "status", "uuid")
 SETTINGS = ("single_object_errors", "token_lifetime", "impersonation_lifetime", "default_limit", "user_claims",
             "jwks_url", "external_issuer", "dhcp_ips_in_ip_list", "token_exchange_mode", "clock_leeway",
-            "impersonate_include_expires_in", "ipv6_runtime_as_string", "jwks_refetch_interval", "location_id")
+            "impersonate_include_expires_in", "ipv6_runtime_as_string", "jwks_refetch_interval", "location_id",
+            "availability_groups_per_server")
 
 
 # ------------------------------------------------------------------------------------------- middleware
@@ -237,6 +239,78 @@ async def get_server(request: web.Request) -> web.Response:
     return json_response(srv)
 
 
+# ------------------------------------------------------------------------------------------- availability groups
+
+
+async def server_availability_groups(request: web.Request) -> web.Response:
+    """An array of arrays of the user's running servers that share a physical host (no envelope, no paging)."""
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    return json_response(state.availability_groups(user.uuid))
+
+
+async def server_availability_group(request: web.Request) -> web.Response:
+    """The servers sharing the given server's host, itself included; empty when it is not running."""
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    srv_uuid = request.match_info["uuid"]
+    srv = state.servers.get(srv_uuid)
+    if srv is None:
+        raise ApiError(404, f"Server {srv_uuid} does not exist.", "notexist")
+    if srv["owner"]["uuid"] != user.uuid:
+        raise _permission_error(user, srv_uuid)
+    return json_response(state.availability_group_of(srv_uuid))
+
+
+# ------------------------------------------------------------------------------------------- tags
+
+
+def _render_tag(state: EmulatorState, tag_uuid: str, user: User) -> dict[str, Any]:
+    owner = state.tag_owners.get(tag_uuid)
+    return {"meta": {}, "name": state.tags[tag_uuid],
+            "owner": {"resource_uri": f"{API_PREFIX}/user/{owner}/", "uuid": owner} if owner else None,
+            "resource_uri": f"{API_PREFIX}/tags/{tag_uuid}/",
+            "resources": state.tag_resources(tag_uuid, user.uuid), "uuid": tag_uuid}
+
+
+async def list_tags(request: web.Request) -> web.Response:
+    """``GET /tags/`` and ``/tags/detail/``: the tags the user has access to, with their resources (paginated)."""
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    items = _filter(request, state.tags_visible_to(user.uuid), {
+        "name": lambda t, v: state.tags[t] == v,
+        "name__contains": lambda t, v: v.lower() in state.tags[t].lower(),
+        "uuid": lambda t, v: t == v,
+    })
+    page, meta = _page(request, items)
+    return json_response({"meta": meta, "objects": [_render_tag(state, t, user) for t in page]})
+
+
+def _visible_tag(state: EmulatorState, user: User, tag_uuid: str) -> str:
+    if tag_uuid not in state.tags:
+        raise ApiError(404, f"Tag {tag_uuid} does not exist.", "notexist")
+    if state.tag_owners.get(tag_uuid) not in (None, user.uuid):
+        raise _permission_error(user, tag_uuid)
+    return tag_uuid
+
+
+async def get_tag(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    return json_response(_render_tag(state, _visible_tag(state, user, request.match_info["uuid"]), user))
+
+
+async def list_tag_servers(request: web.Request) -> web.Response:
+    """``GET /tags/{uuid}/servers/``: the user's servers carrying the tag (full objects, paginated)."""
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    tag_uuid = _visible_tag(state, user, request.match_info["uuid"])
+    items = [s for s in state.servers.values() if s["owner"]["uuid"] == user.uuid
+             and any(t.get("uuid") == tag_uuid for t in s.get("tags", []))]
+    page, meta = _page(request, items)
+    return json_response({"meta": meta, "objects": page})
+
+
 # ------------------------------------------------------------------------------------------- IPs
 
 
@@ -376,6 +450,36 @@ async def control_server(request: web.Request) -> web.Response:
     return json_response({"error": "unknown action"}, status=404)
 
 
+async def control_server_labels(request: web.Request) -> web.Response:
+    """``POST /_emulator/servers/{uuid}/meta {"meta": {...}}`` (replaces the map); ``.../tags {"tags": [uuid]}``;
+    ``.../host {"host": "h2"}`` (moves the server to another physical host)."""
+    state = request.app[STATE_KEY]
+    srv_uuid = request.match_info["uuid"]
+    if srv_uuid not in state.servers:
+        return json_response({"error": "no such server"}, status=404)
+    body = await _json_body(request)
+    action = request.match_info["action"]
+    try:
+        if action == "meta":
+            return json_response(state.set_server_meta(srv_uuid, body["meta"]))
+        if action == "tags":
+            return json_response(state.set_server_tags(srv_uuid, list(body["tags"])))
+        return json_response(state.move_server(srv_uuid, str(body["host"])))
+    except (KeyError, ValueError, TypeError) as exc:
+        return json_response({"error": repr(exc)}, status=400)
+
+
+async def control_tags(request: web.Request) -> web.Response:
+    """``POST /_emulator/tags {"name", "owner"?, "uuid"?}`` creates a tag; answers ``{"uuid"}``."""
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    try:
+        tag_uuid = state.add_tag(str(body["name"]), uuid=body.get("uuid"), owner=body.get("owner"))
+    except KeyError as exc:
+        return json_response({"error": repr(exc)}, status=400)
+    return json_response({"uuid": tag_uuid})
+
+
 async def control_state(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     return json_response({
@@ -424,6 +528,12 @@ def create_app(state: EmulatorState | None = None, *, jwks_url: str | None = Non
     api = API_PREFIX
     r.add_get(f"{api}/servers/", list_servers)
     r.add_get(f"{api}/servers/detail/", list_servers_detail)
+    r.add_get(f"{api}/servers/availability_groups/", server_availability_groups)
+    r.add_get(f"{api}/servers/availability_groups/{{uuid}}/", server_availability_group)
+    r.add_get(f"{api}/tags/", list_tags)
+    r.add_get(f"{api}/tags/detail/", list_tags)
+    r.add_get(f"{api}/tags/{{uuid}}/", get_tag)
+    r.add_get(f"{api}/tags/{{uuid}}/servers/", list_tag_servers)
     r.add_get(f"{api}/servers/{{uuid}}/", get_server)
     r.add_get(f"{api}/ips/", list_ips)
     r.add_get(f"{api}/ips/detail/", list_ips_detail)
@@ -443,6 +553,8 @@ def create_app(state: EmulatorState | None = None, *, jwks_url: str | None = Non
     r.add_post("/_emulator/seed", control_seed)
     r.add_route("*", "/_emulator/settings", control_settings)
     r.add_get("/_emulator/state", control_state)
+    r.add_post("/_emulator/servers/{uuid}/{action:meta|tags|host}", control_server_labels)
+    r.add_post("/_emulator/tags", control_tags)
     r.add_route("*", "/_emulator/servers/{uuid}", control_server)
     r.add_post("/_emulator/servers/{uuid}/{action}", control_server)
     r.add_post("/_emulator/rotate-key", control_rotate_key)

@@ -75,6 +75,10 @@ def server_ref(server_uuid: str) -> dict[str, str]:
     return {"resource_uri": f"{API_PREFIX}/servers/{server_uuid}/", "uuid": server_uuid}
 
 
+def _tag_ref(tag_uuid: str) -> dict[str, str]:
+    return {"resource_uri": f"{API_PREFIX}/tags/{tag_uuid}/", "uuid": tag_uuid}
+
+
 def _zero_io() -> dict[str, int]:
     return {"bytes_recv": 0, "bytes_sent": 0, "packets_recv": 0, "packets_sent": 0}
 
@@ -310,6 +314,10 @@ class EmulatorState:
     #: DHCP leases: (server uuid, mac) -> (ipv4, ipv6); shown in runtime only while the server has one.
     leases: dict[tuple[str, str], tuple[str | None, str | None]] = field(default_factory=dict, repr=False)
     tags: dict[str, str] = field(default_factory=dict)  # tag uuid -> name
+    #: tag uuid -> owner's user uuid (None: a tag every user may see, a test convenience).
+    tag_owners: dict[str, str | None] = field(default_factory=dict)
+    #: server uuid -> the physical compute host it runs on (never in an API object; see availability groups).
+    hosts: dict[str, str] = field(default_factory=dict, repr=False)
 
     faults: FaultSettings = field(default_factory=FaultSettings)
     counters: collections.Counter[str] = field(default_factory=collections.Counter, repr=False)
@@ -326,6 +334,9 @@ class EmulatorState:
     dhcp_ips_in_ip_list: bool = True
     #: Render runtime ``ip_v6`` as a plain string (the schema says string) instead of an ``{uuid, resource_uri}``.
     ipv6_runtime_as_string: bool = False
+    #: ``GET /servers/availability_groups/``: one inner array per running server (the docs' example lists the
+    #: group of two servers twice), or one per host (False).
+    availability_groups_per_server: bool = True
 
     # identity
     signing_key: SigningKey = field(default_factory=SigningKey.shared, repr=False)
@@ -441,10 +452,84 @@ class EmulatorState:
 
     # ----------------------------------------------------------------------------------------- tags
 
-    def add_tag(self, name: str, uuid: str | None = None) -> str:
+    def add_tag(self, name: str, uuid: str | None = None, *, owner: str | None = None) -> str:
+        """Create a tag (``owner``: the email of the user owning it; None: visible to every user)."""
         tag_uuid = uuid or str(uuidlib.uuid4())
         self.tags[tag_uuid] = name
+        self.tag_owners[tag_uuid] = self._require_user(owner).uuid if owner else None
         return tag_uuid
+
+    def rename_tag(self, tag_uuid: str, name: str) -> None:
+        if tag_uuid not in self.tags:
+            raise KeyError(f"no tag {tag_uuid}")
+        self.tags[tag_uuid] = name
+
+    def tags_visible_to(self, user_uuid: str) -> list[str]:
+        """Uuids of the tags ``/tags/`` lists for a user (owned by them, or owner-less)."""
+        return [t for t in self.tags if self.tag_owners.get(t) in (None, user_uuid)]
+
+    def tag_resources(self, tag_uuid: str, user_uuid: str) -> list[dict[str, Any]]:
+        """The tag's ``resources`` as the API renders them: the user's servers and IPs carrying it."""
+        out: list[dict[str, Any]] = []
+        for srv in self.servers.values():
+            if srv["owner"]["uuid"] == user_uuid and any(t.get("uuid") == tag_uuid for t in srv.get("tags", [])):
+                out.append({"owner": user_ref(user_uuid), "res_type": "servers",
+                            "resource_uri": srv["resource_uri"], "uuid": srv["uuid"]})
+        for rec in self.ips.values():
+            if rec.owner_uuid == user_uuid and any(t.get("uuid") == tag_uuid for t in rec.tags):
+                out.append({"owner": user_ref(user_uuid), "res_type": "ips",
+                            "resource_uri": f"{API_PREFIX}/ips/{rec.uuid}/", "uuid": rec.uuid})
+        return out
+
+    def set_server_tags(self, server_uuid: str, tag_uuids: Sequence[str]) -> dict[str, Any]:
+        """Replace a server's tags (as ``PUT /servers/{uuid}/`` with a ``tags`` list of uuids does, running or not);
+        the server object shows references ``{uuid, resource_uri}``."""
+        unknown = [t for t in tag_uuids if t not in self.tags]
+        if unknown:
+            raise ValueError(f"unknown tag(s) {unknown}")
+        srv = self.servers[server_uuid]
+        srv["tags"] = [_tag_ref(t) for t in dict.fromkeys(tag_uuids)]
+        return srv
+
+    def set_server_meta(self, server_uuid: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a server's whole ``meta`` (an update never merges): keys at most 32 characters, string values."""
+        for key, value in meta.items():
+            if not isinstance(key, str) or not key or len(key) > 32:
+                raise ValueError(f"meta key {key!r} must be 1-32 characters")
+            if not isinstance(value, str):
+                raise ValueError(f"meta value of {key!r} must be a string")
+        srv = self.servers[server_uuid]
+        srv["meta"] = dict(meta)
+        return srv
+
+    # ----------------------------------------------------------------------------------------- physical hosts
+
+    def move_server(self, server_uuid: str, host: str) -> dict[str, Any]:
+        """Put a server on another physical host (as a restart elsewhere or a live migration would)."""
+        srv = self.servers[server_uuid]
+        self.hosts[server_uuid] = host
+        return srv
+
+    def availability_group_of(self, server_uuid: str) -> list[str]:
+        """The running servers of the server's owner on its host, itself included; empty if it is not running."""
+        srv = self.servers[server_uuid]
+        if srv["status"] != "running":
+            return []
+        host = self.hosts.get(server_uuid)
+        return [s["uuid"] for s in self.servers.values()
+                if s["owner"]["uuid"] == srv["owner"]["uuid"] and s["status"] == "running"
+                and self.hosts.get(s["uuid"]) == host]
+
+    def availability_groups(self, user_uuid: str) -> list[list[str]]:
+        """``GET /servers/availability_groups/``: running servers sharing a host; non-running servers are in none."""
+        running = [s["uuid"] for s in self.servers.values()
+                   if s["owner"]["uuid"] == user_uuid and s["status"] == "running"]
+        by_host: dict[str | None, list[str]] = {}
+        for srv_uuid in running:
+            by_host.setdefault(self.hosts.get(srv_uuid), []).append(srv_uuid)
+        if self.availability_groups_per_server:
+            return [list(by_host[self.hosts.get(u)]) for u in running]
+        return list(by_host.values())
 
     # ----------------------------------------------------------------------------------------- IPs
 
@@ -504,8 +589,9 @@ class EmulatorState:
     def add_server(self, owner_email: str, name: str, *, status: str = "running",
                    nics: Sequence[NicSpec | dict[str, Any]] | None = None, cpu: int = 2000, smp: int = 1,
                    mem: int = 2 * 1024**3, uuid: str | None = None, meta: dict[str, str] | None = None,
-                   tags: Sequence[str] | None = None) -> dict[str, Any]:
-        """Create a server owned by ``owner_email``; returns the live full server object."""
+                   tags: Sequence[str] | None = None, host: str | None = None) -> dict[str, Any]:
+        """Create a server owned by ``owner_email``; returns the live full server object. ``host``: the physical
+        host it runs on (default: a host of its own)."""
         owner = self._require_user(owner_email)
         if status not in SERVER_STATUSES:
             raise ValueError(f"bad status {status!r}")
@@ -516,10 +602,11 @@ class EmulatorState:
             "hypervisor": "kvm", "jobs": [], "mem": mem, "meta": dict(meta or {}), "name": name, "nics": [],
             "owner": owner.ref(), "permissions": [], "pubkeys": [], "requirements": [],
             "resource_uri": f"{API_PREFIX}/servers/{srv_uuid}/", "runtime": None, "smp": smp, "status": status,
-            "tags": [{"resource_uri": f"{API_PREFIX}/tags/{t}/", "uuid": t} for t in (tags or [])],
+            "tags": [_tag_ref(t) for t in (tags or [])],
             "uuid": srv_uuid, "vnc_password": uuidlib.uuid4().hex[:12],
         }
         self.servers[srv_uuid] = server
+        self.hosts[srv_uuid] = host or f"host-{srv_uuid[:8]}"
         for spec in nics or []:
             server["nics"].append(self._build_nic(server, owner, spec))
         self._refresh_runtime(srv_uuid)
@@ -672,6 +759,7 @@ class EmulatorState:
     def remove_server(self, server_uuid: str) -> None:
         """Delete a server (GET answers 404 afterwards); its DHCP leases return to the pool."""
         self.servers.pop(server_uuid, None)
+        self.hosts.pop(server_uuid, None)
         for key in [k for k in self.leases if k[0] == server_uuid]:
             for addr in self.leases.pop(key):
                 if addr and addr in self.ips and self.ips[addr].dynamic:
@@ -769,14 +857,16 @@ class EmulatorState:
     def load_seed(self, data: Mapping[str, Any]) -> None:
         """Load ``{"settings": {...}, "users": [...], "clients": [...], "ips": [...], "servers": [...]}``.
 
-        Server entries: ``owner`` (email), ``name``, optional ``status/cpu/smp/mem/uuid/meta/tags`` and ``nics``
+        Server entries: ``owner`` (email), ``name``, optional ``status/cpu/smp/mem/uuid/meta/tags/host`` and ``nics``
         (``{"type": "dhcp"|"static"|"manual"|"vlan"|"ipv6", "ip": "1.2.3.4"|"auto", "ip_v6": ..., "vlan": ...}``);
-        ``count: N`` creates N servers named ``{name}-{i}`` (use ``"ip": "auto"`` with it).
+        ``count: N`` creates N servers named ``{name}-{i}`` (use ``"ip": "auto"`` with it; ``"hosts": K`` spreads
+        them over K physical hosts ``host-{i % K}``). Tag entries:
+        ``{"name", "uuid", "owner"}`` (servers' ``tags`` list their uuids).
         """
         settings = data.get("settings", {})
         for key in ("token_lifetime", "impersonation_lifetime", "single_object_errors", "default_limit",
                     "user_claims", "jwks_url", "external_issuer", "dhcp_ips_in_ip_list", "token_exchange_mode",
-                    "impersonate_include_expires_in", "ipv6_runtime_as_string"):
+                    "impersonate_include_expires_in", "ipv6_runtime_as_string", "availability_groups_per_server"):
             if key in settings:
                 setattr(self, key, settings[key])
         if "realms" in settings:
@@ -790,7 +880,7 @@ class EmulatorState:
                             may_exchange=c.get("may_exchange"), allowed_users=c.get("allowed_users"),
                             service_account_email=c.get("service_account_email"))
         for t in data.get("tags", []):
-            self.add_tag(t["name"], uuid=t.get("uuid"))
+            self.add_tag(t["name"], uuid=t.get("uuid"), owner=t.get("owner"))
         for ip in data.get("ips", []):
             self.add_ip(ip["owner"], ip.get("uuid") or ip.get("address"))
         for s in data.get("servers", []):
@@ -801,7 +891,8 @@ class EmulatorState:
                                 nics=[_seed_nic(n) for n in s.get("nics", [])], cpu=int(s.get("cpu", 2000)),
                                 smp=int(s.get("smp", 1)), mem=int(s.get("mem", 2 * 1024**3)),
                                 uuid=s.get("uuid") if count == 1 else None, meta=s.get("meta"),
-                                tags=s.get("tags"))
+                                tags=s.get("tags"),
+                                host=f"host-{i % int(s['hosts'])}" if s.get("hosts") else s.get("host"))
 
     @classmethod
     def from_seed_file(cls, path: str | Path) -> EmulatorState:

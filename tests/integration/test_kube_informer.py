@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import structlog
 from kubernetes_asyncio.client import ApiClient
 
-from ccm.kube.informer import Informer
+from ccm.kube.informer import Informer, ListWatch
 from ccm.kube.transport import JSON, KubeTransport
 from tests.realenv.fleet import ensure_namespace, unique
 from tests.realenv.kube_fixtures import api_client_for
@@ -46,7 +47,7 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def running(informer: Informer) -> AsyncIterator[Informer]:
+async def running(informer: ListWatch[Any]) -> AsyncIterator[ListWatch[Any]]:
     task = asyncio.create_task(informer.run())
     try:
         await asyncio.wait_for(informer.synced.wait(), 20)
@@ -87,6 +88,49 @@ async def test_informer_follows_adds_changes_deletes_label_selector_and_transfor
     ]
     assert informer.store == {}
     assert informer.relists == 1
+
+
+class CountingLists(KubeTransport):
+    """The real transport, noting how many objects were digested when each list page was asked for."""
+
+    def __init__(self, api: ApiClient, digested: list[str]) -> None:
+        super().__init__(api)
+        self.digested = digested
+        self.digested_at_page: list[int] = []
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        if method == "GET" and "limit" in (kwargs.get("query") or {}):
+            self.digested_at_page.append(len(self.digested))
+        return await super().request(method, path, **kwargs)
+
+
+async def test_a_list_is_digested_page_by_page_and_an_unreadable_object_is_left_out(kube_api: ApiClient) -> None:
+    """The store of a big collection never holds its whole JSON: each page is transformed before the next is
+    asked for. An object the transform cannot read is logged and left out; the watch goes on."""
+    digested: list[str] = []
+    kube = CountingLists(kube_api, digested)
+    ns = unique("informer-pages")
+    await ensure_namespace(kube, ns)
+    await put_configmap(kube, ns, "bad", data={"bad": "yes"})
+    for i in range(5):
+        await put_configmap(kube, ns, f"cm-{i}")
+
+    def digest(obj: JSON) -> dict[str, str]:
+        if (obj.get("data") or {}).get("bad"):
+            raise ValueError("unreadable")
+        digested.append(obj["metadata"]["name"])
+        return {"name": obj["metadata"]["name"], "rv": obj["metadata"]["resourceVersion"]}
+
+    informer: ListWatch[dict[str, str]] = ListWatch(kube, configmaps(ns), transform=digest,
+                                                    version=lambda d: d["rv"], page_size=2, watch_timeout=5)
+    with structlog.testing.capture_logs() as logs:
+        async with running(informer):
+            assert kube.digested_at_page == [0, 1, 3], "pages of 2 (bad, cm-0 | cm-1, cm-2 | cm-3, cm-4)"
+            assert set(informer.store) == {f"{ns}/cm-{i}" for i in range(5)}
+            await put_configmap(kube, ns, "bad", data={"fixed": "yes"})
+            await wait_for(lambda: f"{ns}/bad" in informer.store, 10, message="the watch goes on")
+    failed = [e for e in logs if e["event"] == "informer_transform_failed"]
+    assert [e["key"] for e in failed] == [f"{ns}/bad"]
 
 
 async def test_a_watch_expired_by_compaction_relists_and_replays_only_differences(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ccm.nodes.account import Verdict, account_verdict, expected_servers
+from ccm.nodes.view import node_view
 from tests.unit.factories import UUID1, UUID2, node
 
 UUID3 = "33333333-3333-4333-8333-333333333333"
@@ -16,7 +17,7 @@ def test_expected_servers_are_those_of_ready_nodes_with_a_cloudsigma_provider_id
         node("d", tainted=False, provider_id="aws:///eu-west-1a/i-0abc"),
         node("e"),  # not initialized yet
     ]
-    assert expected_servers(nodes) == {UUID1: "a", UUID2: "b"}
+    assert expected_servers(node_view(n) for n in nodes) == {UUID1: "a", UUID2: "b"}
 
 
 def test_verdicts() -> None:

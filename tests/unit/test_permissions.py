@@ -24,7 +24,7 @@ from ccm.fleet.discovery import DiscoveryOptions, TenantDiscovery
 from ccm.fleet.manager import tenant_lease_name
 from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.fetching import get_node, list_nodes
-from ccm.kube.informer import Informer
+from ccm.kube.informer import Informer, ListWatch
 from ccm.kube.patching import delete_node, patch_node, replace_addresses
 from ccm.kube.permissions import (
     CLUSTERAPI_GROUP,
@@ -41,7 +41,7 @@ from ccm.kube.permissions import (
     request_of,
 )
 from ccm.kube.transport import KubeTransport
-from ccm.kube.watching import ListWatcher, NodeWatcher
+from ccm.kube.watching import NodeWatcher
 from ccm.leader import LeaseElector
 
 NODE = {"metadata": {"name": "n1", "uid": "u1", "resourceVersion": "7"}}
@@ -102,7 +102,7 @@ def covering(permissions: tuple[Permission, ...], calls: list[tuple[str, str, di
     return used
 
 
-async def start_watch(api: RecordingApiClient, watcher: ListWatcher) -> None:
+async def start_watch(api: RecordingApiClient, watcher: ListWatch[Any]) -> None:
     """Run ``watcher`` until its watch request has been sent."""
     task = asyncio.create_task(watcher.run())
     while not any(q.get("watch") for _, _, q in api.calls):
@@ -137,7 +137,7 @@ async def test_the_csr_approvers_list_is_exactly_what_it_sends() -> None:
     csr = {"metadata": {"name": "csr-1", "resourceVersion": "3"}}
     await get_csr(kube, "csr-1")
     await write_condition(kube, csr, approve=True, message="checked")
-    await start_watch(api, ListWatcher(kube, path=CSRS, what="csr", field_selector="spec.signerName=x"))
+    await start_watch(api, Informer(kube, CSRS, field_selector="spec.signerName=x"))
     unused = set(permissions) - covering(tuple(permissions), api.calls)
     # Checked by the API server's CertificateApproval admission on the approval write, never sent by us.
     assert {(p.verb, p.resource) for p in unused} == {("approve", "signers")}

@@ -42,12 +42,16 @@ def test_make_reliability_doc_writes_the_page(monkeypatch: pytest.MonkeyPatch, t
     assert "make reliability-doc" in registry.DOC.read_text()
 
 
-def test_comparable_ignores_times_and_outcomes_only() -> None:
-    row = "| a case<br>`t.py::test_a` | injected | verified | {} | {} s |"
-    page = "\n".join(["| Run time | 12 s |", row.format("passed", "1.0")])
-    again = "\n".join(["| Run time | 99 s |", row.format("failed", "7.5")])
+def test_comparable_ignores_what_a_run_measures_only() -> None:
+    row = "| a case<br>`t.py::test_a` | {} | {} | {} | {} s |"
+    page = "\n".join(["## Summary", "| Faults injected | 107 |", "| Run time | 12 s |",
+                      row.format("503 for 20 s (34 failed calls)", "slowest 0.9 s", "passed", "1.0")])
+    again = "\n".join(["## Summary", "| Faults injected | 104 |", "| Run time | 99 s |",
+                       row.format("503 for 20 s (31 failed calls)", "slowest 0.8 s", "failed", "7.5")])
     assert registry.comparable(page) == registry.comparable(again)
-    assert registry.comparable(page) != registry.comparable(page.replace("injected", "other"))
+    assert registry.comparable(page) != registry.comparable(page.replace("test_a", "test_b"))
+    assert registry.comparable(page) != registry.comparable(page.replace("a case", "another case"))
+    assert registry.comparable(page) != registry.comparable(page.replace("## Summary", "## Other"))
 
 
 def test_reliability_page_is_current(request: pytest.FixtureRequest) -> None:
