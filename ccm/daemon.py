@@ -49,7 +49,7 @@ from ccm.nodes.lifecycle import LifecycleController
 from ccm.nodes.reconcile import NodeReconciler, ReconcileSettings
 from ccm.servercache import ServerCache
 from ccm.shutdown import EXIT_MARGIN, LEASE_RELEASE_TIMEOUT, ShutdownBudget
-from ccm.supervisor import Supervisor
+from ccm.supervisor import Supervisor, cancel_and_wait
 from cloudsigma.client import CloudSigmaClient, RetryPolicy
 from credentials.base import Credential
 from credentials.chain import CredentialChain
@@ -357,11 +357,7 @@ async def serve_cluster_ref(current: _Current, follower: ClusterRefFollower, set
             await old.controller.shutdown(min(5.0, settings.shutdown_timeout))
             await old.events.flush(timeout=2.0)
         finally:
-            for task in (controllers, changed):
-                task.cancel()
-            for task in (controllers, changed):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(controllers, changed)
         current.parts = await build(_with_identity(settings, identity), redactor, fence=fence, metrics=old.metrics)
         await old.close()
 

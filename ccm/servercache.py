@@ -19,13 +19,13 @@ After each successful listing the cache may fetch *extras* (tag names, host grou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
+from ccm.supervisor import cancel_and_wait
 from cloudsigma.addresses import ServerAddresses, server_addresses
 from cloudsigma.client import CloudSigmaClient, ServerList
 from cloudsigma.errors import CloudSigmaError, RateLimited
@@ -158,11 +158,7 @@ class ServerCache:
 
     async def close(self) -> None:
         """Stop background work (the prober, a background revalidation)."""
-        for task in (self._probe, self._background):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait(self._probe, self._background)
         self._probe = self._background = None
 
     async def get(self, *, max_age: float | None = None) -> ServerSnapshot:

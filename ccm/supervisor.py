@@ -14,7 +14,18 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["Supervisor", "TaskEnded"]
+__all__ = ["Supervisor", "TaskEnded", "cancel_and_wait"]
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
+    """Cancel ``tasks`` (``None`` and finished ones are skipped) and wait until each has ended. What they raise
+    while being stopped is swallowed: the caller is tearing them down, and their failure was judged elsewhere."""
+    live = [task for task in tasks if task is not None]
+    for task in live:
+        task.cancel()
+    for task in live:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class TaskEnded(Exception):
@@ -75,9 +86,4 @@ class Supervisor:
     async def stop(self) -> None:
         """Cancel every task still running and wait for them (shutdown: nothing counts as a failure now)."""
         self.stopping = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)

@@ -24,7 +24,6 @@ when its CloudSigmaCluster is deleted or leaves the selection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -52,6 +51,7 @@ from ccm.fleet.tenants import (
 )
 from ccm.kube.informer import Informer
 from ccm.kube.transport import JSON, KubeTransport
+from ccm.supervisor import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -206,11 +206,7 @@ class TenantDiscovery:
             log.info("tenants_discovered", tenants=len(self.tenants), problems=len(self.problems))
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*tasks)
 
     def _clusters_in(self, namespace: str) -> list[str]:
         prefix = namespace + "/"

@@ -47,6 +47,7 @@ from ccm.kube.informer import Informer
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.leader import LeaderLost, LeaseElector
 from ccm.shutdown import LEASE_RELEASE_TIMEOUT
+from ccm.supervisor import cancel_and_wait
 
 __all__ = ["FleetManager", "TenantSlot", "discovery_options", "membership_options", "tenant_lease_name"]
 
@@ -184,10 +185,7 @@ class TenantSlot:
         runtime = self.runtime
         if runtime is not None:
             await runtime.stop(drain)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.elector.release(timeout=LEASE_RELEASE_TIMEOUT)
         self.state = "released"
         self.metrics.remove()

@@ -28,6 +28,7 @@ from ccm.fleet.announce import FLEET_LABEL, Announcer, leases_path
 from ccm.kube.errors import Conflict, KubeError, KubeNotFound
 from ccm.kube.informer import Informer
 from ccm.kube.transport import JSON, KubeTransport
+from ccm.supervisor import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -146,11 +147,7 @@ class Membership:
             self.synced.set()
             await self._judge_forever()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*tasks)
             if self.announcer is not None:
                 await asyncio.shield(self.announcer.leave())
 

@@ -35,6 +35,7 @@ from ccm.kube.clients import KubeconfigError, api_client_from_dict
 from ccm.kube.errors import Conflict, KubeError
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.metrics import Metrics
+from ccm.supervisor import cancel_and_wait
 from cloudsigma.client import USER_AGENT
 
 __all__ = ["TenantRuntime", "TenantTransport", "credential_state"]
@@ -140,11 +141,7 @@ class TenantRuntime:
             with contextlib.suppress(Exception):
                 await parts.controller.shutdown(drain)
                 await parts.events.flush(timeout=2.0)
-        task = self._task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._task)
         self.state = "stopped"
 
     # -- the runtime's task -------------------------------------------------------------------------------------
@@ -224,11 +221,7 @@ class TenantRuntime:
                 await asyncio.Event().wait()
             raise TenantBuildError("the controllers stopped")
         finally:
-            for task in (controllers, changed):
-                task.cancel()
-            for task in (controllers, changed):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(controllers, changed)
 
     async def _close(self, parts: Components) -> None:
         with contextlib.suppress(Exception):

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.integration.harness import ALICE, ALICE_PW, CLIENT_ID, CLIENT_SECRET,
 from tests.integration.test_e2e import ccm_binary, free_port, http_get, metric
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
+from tests.realenv.processes import stop_process
 
 UNINIT = "node.cloudprovider.kubernetes.io/uninitialized"
 pytestmark = pytest.mark.usefixtures("clean_nodes")
@@ -62,16 +62,7 @@ class Daemon:
         return (await http_get(f"http://127.0.0.1:{self.port}/metrics"))[1]
 
     async def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode
+        return await stop_process(self.proc)
 
 
 @pytest.fixture

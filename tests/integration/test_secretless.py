@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from tests.realenv.keycloak import Keycloak
 from tests.realenv.keycloak_fixtures import ALICE
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
+from tests.realenv.processes import stop_process
 from tests.realenv.sa_issuer import ServiceAccountIssuer, write_projected_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_nodes")]
@@ -192,13 +192,7 @@ async def daemon(env: dict[str, str], log_path: Path) -> AsyncIterator[asyncio.s
         try:
             yield proc
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 30)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from ccm.fleet.manager import tenant_lease_name
 from tests.emulator import EmulatorServer
 from tests.integration.harness import CLIENT_ID, CLIENT_SECRET
 from tests.realenv.kubeapiserver import KubeAPIServer
+from tests.realenv.processes import stop_process
 from tests.realenv.proxy import HoldingProxy
 from tests.reliability import registry
 from tests.reliability.support import ccm_binary, clean_env, free_port, http_get, metric_value
@@ -213,18 +214,13 @@ class FleetReplica:
 
     async def stop(self) -> int | None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proxy.set_hold(0.0)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+            self.proxy.set_hold(0.0)  # let it hand its tenants back
+        code = await stop_process(self.proc)
         await self.proxy.stop()
         if self.log.exists():
             registry.add_text(f"fleet log of replica {self.name} ({registry.current_nodeid()})",
                               self.log.read_text())
-        return self.proc.returncode if self.proc is not None else None
+        return code
 
 
 @contextlib.asynccontextmanager

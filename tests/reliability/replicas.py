@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 from tests.emulator import EmulatorServer
 from tests.integration.harness import ALICE, ALICE_PW
 from tests.realenv.kubeapiserver import KubeAPIServer
+from tests.realenv.processes import stop_process
 from tests.realenv.proxy import HoldingProxy
 from tests.realenv.secret_volume import SecretVolume
 from tests.reliability import registry
@@ -138,17 +138,12 @@ class Replica:
 
     async def stop(self) -> int | None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proxy.set_hold(0.0)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+            self.proxy.set_hold(0.0)  # let it release its Lease
+        code = await stop_process(self.proc)
         await self.proxy.stop()
         if self.log.exists():
             registry.add_text(f"CCM log of replica {self.name} ({registry.current_nodeid()})", self.log.read_text())
-        return self.proc.returncode if self.proc is not None else None
+        return code
 
 
 @contextlib.asynccontextmanager

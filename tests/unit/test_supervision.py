@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ccm.fencing import Fence, Fenced
-from ccm.supervisor import Supervisor
+from ccm.supervisor import Supervisor, cancel_and_wait
 
 
 async def _forever() -> None:
@@ -91,3 +91,24 @@ async def test_a_completed_write_is_not_disturbed_and_errors_pass_through() -> N
         async with fence.writing("POST", "/x"):
             raise ValueError("not a fence matter")
     assert fence.in_flight == 0 and fence.is_open
+
+
+async def test_cancel_and_wait_ends_every_task_and_swallows_what_they_raise() -> None:
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    async def cleans_up_slowly() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # still running when cancel() returns: cancel_and_wait must wait for it
+
+    failed = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+    running = [asyncio.create_task(forever()), asyncio.create_task(cleans_up_slowly())]
+    await asyncio.sleep(0)
+    await cancel_and_wait(*running, failed, None)
+    assert all(task.done() for task in running) and all(task.cancelled() for task in running)
