@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shlex
 import shutil
@@ -75,9 +76,11 @@ def log(message: str) -> None:
 
 
 def default_steps(tenants: int, quick: bool) -> list[int]:
-    """0, N/4, N/2, N (0, N/2, N when quick), without repeats."""
-    fractions = (0.0, 0.5, 1.0) if quick else (0.0, 0.25, 0.5, 1.0)
-    return sorted({round(tenants * f) for f in fractions})
+    """0, 1, N/4, N/2, N (0, 1, N/2, N when quick), without repeats: the step 0 → 1 carries the one-time cost of
+    serving a first tenant (code paths run for the first time, the shared CloudSigma session), the marginal cost
+    is fitted from 1 on."""
+    fractions = (0.5, 1.0) if quick else (0.25, 0.5, 1.0)
+    return sorted({0, 1} | {max(1, round(tenants * f)) for f in fractions})
 
 
 def _steps(text: str) -> list[int]:
@@ -98,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenants", type=int, default=20, help="tenant clusters (real kube-apiservers; default 20)")
     p.add_argument("--nodes-per-tenant", type=int, default=10, help="Nodes per tenant and per burst (default 10)")
     p.add_argument("--steps", type=_steps, default=None,
-                   help="tenant counts at which the replica's RSS is read (default 0,N/4,N/2,N; quick 0,N/2,N)")
+                   help="tenant counts at which the replica's RSS is read (default 0,1,N/4,N/2,N; quick 0,1,N/2,N)")
     p.add_argument("--quick", action="store_true",
-                   help="3 s idle before each RSS reading instead of 15, fewer steps, node store at 1,000 only")
-    p.add_argument("--idle-seconds", type=float, default=None, help="idle before each RSS reading (15; quick 3)")
+                   help="fewer steps, 16 s idle before each RSS reading instead of 20, node store at 1,000 only")
+    p.add_argument("--idle-seconds", type=float, default=None,
+                   help="idle before each RSS reading (default 20; quick 16): more than aiohttp's 15 s keep-alive, "
+                        "so the extra connections of a burst are closed")
     p.add_argument("--latency-ms", type=float, default=25.0, help="emulator latency per request (default 25)")
     p.add_argument("--token-lifetime", type=int, default=300, help="emulator token lifetime, seconds (default 300)")
     p.add_argument("--start-parallel", type=int, default=3, help="tenant API servers started at once (default 3)")
@@ -154,6 +159,20 @@ async def wait_served(replica: Daemon, keys: list[str], nodes: int, timeout: flo
             raise RuntimeError(f"{len(missing)} tenant(s) not served with {nodes} initialised Nodes after "
                                f"{timeout:g}s, e.g. {missing[0]}: {rows.get(missing[0])}")
         await asyncio.sleep(0.25)
+
+
+def marginal_costs(steps: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The replica's RSS per added tenant: least-squares slope over the steps with at least one tenant (the
+    marginal cost), the first tenant's one-time cost (RSS at 1 - RSS at 0), and the slope over every step."""
+
+    def slope(rows: list[dict[str, Any]]) -> float | None:
+        value = linear_slope([float(r["tenants"]) for r in rows], [float(r["rss_mib"]) for r in rows])
+        return None if math.isnan(value) else round(value, 3)
+
+    by_tenants = {int(r["tenants"]): float(r["rss_mib"]) for r in steps}
+    first = round(by_tenants[1] - by_tenants[0], 2) if 0 in by_tenants and 1 in by_tenants else None
+    return {"marginal_mib_per_tenant": slope([r for r in steps if r["tenants"] >= 1]),
+            "first_tenant_mib": first, "slope_from_zero_mib_per_tenant": slope(steps)}
 
 
 def rss_bytes(pid: int) -> int:
@@ -260,7 +279,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     steps = [s for s in (args.steps or default_steps(n, quick)) if s <= n]
     if not steps or steps[-1] != n:
         steps.append(n)
-    idle_s = args.idle_seconds if args.idle_seconds is not None else (3.0 if quick else 15.0)
+    idle_s = args.idle_seconds if args.idle_seconds is not None else (16.0 if quick else 20.0)
     store_ns = args.node_store or ("1000" if quick else "1000,5000")
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -324,9 +343,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                 log(f"step {step}: replica {reading['rss_mib']} MiB (VmHWM {reading['vm_hwm_mib']}), "
                     f"{reading['available_gib']} GiB available, kube-apiserver {reading['apiserver_rss_mib_mean']} "
                     "MiB each")
-            xs = [float(s["tenants"]) for s in results["steps"]]
-            ys = [float(s["rss_mib"]) for s in results["steps"]]
-            results["marginal_mib_per_tenant"] = round(linear_slope(xs, ys), 3)
+            results.update(marginal_costs(results["steps"]))
 
             # -- 3. burst in every tenant at once -------------------------------------------------------------
             servers = dict(tenants.servers)
