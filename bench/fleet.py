@@ -103,15 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_steps, default=None,
                    help="tenant counts at which the replica's RSS is read (default 0,1,N/4,N/2,N; quick 0,1,N/2,N)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer steps, 16 s idle before each RSS reading instead of 20, node store at 1,000 only")
+                   help="fewer steps, 31 s idle before each RSS reading instead of 35, node store at 1,000 only")
     p.add_argument("--idle-seconds", type=float, default=None,
-                   help="idle before each RSS reading (default 20; quick 16): more than aiohttp's 15 s keep-alive, "
-                        "so the extra connections of a burst are closed")
+                   help="idle before each RSS reading (default 35; quick 31): more than twice aiohttp's 15 s "
+                        "keep-alive (idle connections are closed 15-30 s after their last use), so the extra TLS "
+                        "connections of a step's initialisation are closed")
     p.add_argument("--latency-ms", type=float, default=25.0, help="emulator latency per request (default 25)")
     p.add_argument("--token-lifetime", type=int, default=300, help="emulator token lifetime, seconds (default 300)")
     p.add_argument("--start-parallel", type=int, default=3, help="tenant API servers started at once (default 3)")
     p.add_argument("--node-store", type=str, default=None,
                    help="N list for python -m bench.nodestore (default 1000,5000; quick 1000; 'none' skips it)")
+    p.add_argument("--replica-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the fleet replica only, e.g. MALLOC_MMAP_THRESHOLD_=131072 (repeatable; "
+                        "for experiments, recorded in the results)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--report", type=Path, default=FLEET_REPORT_PATH, help="the fleet page (Markdown)")
     p.add_argument("--no-main-report", action="store_true",
@@ -173,6 +177,26 @@ def marginal_costs(steps: list[dict[str, Any]]) -> dict[str, float | None]:
     first = round(by_tenants[1] - by_tenants[0], 2) if 0 in by_tenants and 1 in by_tenants else None
     return {"marginal_mib_per_tenant": slope([r for r in steps if r["tenants"] >= 1]),
             "first_tenant_mib": first, "slope_from_zero_mib_per_tenant": slope(steps)}
+
+
+def tenant_connections(pid: int, ports: set[int]) -> int:
+    """Established TCP connections of ``pid`` to the tenant API servers (each TLS connection holds a 256 KiB
+    read buffer in asyncio's SSL protocol)."""
+    try:
+        conns = psutil.Process(pid).net_connections("tcp")
+    except psutil.Error:
+        return 0
+    return sum(1 for c in conns if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED)
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--replica-env {pair!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
 
 
 def rss_bytes(pid: int) -> int:
@@ -264,6 +288,7 @@ async def single_tenant(emulator: EmulatorProcess, m: int, idle_s: float, work_d
             raise RuntimeError(f"single-tenant daemon: not every Node initialised; log {d.log_path}")
         out = await settled_rss(d, idle_s)
         out["nodes"] = m
+        out["tenant_connections"] = tenant_connections(d.pid, {server.port})
         out["cpu_seconds"] = round(d.cpu_seconds(), 2)
         return out
     finally:
@@ -279,7 +304,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     steps = [s for s in (args.steps or default_steps(n, quick)) if s <= n]
     if not steps or steps[-1] != n:
         steps.append(n)
-    idle_s = args.idle_seconds if args.idle_seconds is not None else (16.0 if quick else 20.0)
+    idle_s = args.idle_seconds if args.idle_seconds is not None else (31.0 if quick else 35.0)
     store_ns = args.node_store or ("1000" if quick else "1000,5000")
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -291,7 +316,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                     "latency_ms": args.latency_ms, "token_lifetime_s": args.token_lifetime,
                     "owners": "one owner per tenant (one token exchange per tenant)",
                     "lease": "defaults: 15 s duration, 10 s renew deadline, 2 s retry",
-                    "daemon_flags": list(DAEMON_FLAGS)},
+                    "daemon_flags": list(DAEMON_FLAGS), "replica_extra_env": list(args.replica_env)},
         "steps": [],
     }
     emulator: EmulatorProcess | None = None
@@ -316,8 +341,8 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         # -- 2. RSS vs tenants --------------------------------------------------------------------------------
         async with management_transport(management) as kube:
             await prepare_management(kube)
-            replica = Daemon(DaemonConfig(DAEMON_FLAGS, fleet_env(emulator, management.admin_kubeconfig), "fleet"),
-                             work_dir)
+            env = {**fleet_env(emulator, management.admin_kubeconfig), **_env_pairs(args.replica_env)}
+            replica = Daemon(DaemonConfig(DAEMON_FLAGS, env, "fleet"), work_dir)
             await asyncio.to_thread(replica.start)
             for step in steps:
                 new = list(range(len(tenants), step))
@@ -335,12 +360,15 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                 reading = await settled_rss(replica, idle_s)
                 apiserver_rss = [rss_bytes(s.pid) for s in tenants.servers.values() if s.pid is not None]
                 reading.update(tenants=step, nodes=step * m, apiservers_started_s=round(started_s, 1),
+                               tenant_connections=tenant_connections(replica.pid,
+                                                                     {s.port for s in tenants.servers.values()}),
                                served_after_nodes_s=round(served_s, 2),
                                apiserver_rss_mib_mean=round(statistics.mean(apiserver_rss) / MIB, 1)
                                if apiserver_rss else None,
                                available_gib=round(psutil.virtual_memory().available / 1024**3, 1))
                 results["steps"].append(reading)
                 log(f"step {step}: replica {reading['rss_mib']} MiB (VmHWM {reading['vm_hwm_mib']}), "
+                    f"{reading['tenant_connections']} connections to tenants, "
                     f"{reading['available_gib']} GiB available, kube-apiserver {reading['apiserver_rss_mib_mean']} "
                     "MiB each")
             results.update(marginal_costs(results["steps"]))
@@ -373,7 +401,8 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                 f"{burst['burst_s']} s; CloudSigma API requests {cloud.api_total} ({cloud.token_exchanges} token "
                 "exchanges)")
             after = await settled_rss(replica, idle_s)
-            after.update(tenants=n, nodes=2 * n * m)
+            after.update(tenants=n, nodes=2 * n * m,
+                         tenant_connections=tenant_connections(replica.pid, {s.port for s in servers.values()}))
             results["after_burst"] = after
             held = n * m
             before = results["steps"][-1]["rss_mib"]

@@ -164,8 +164,9 @@ def _burst_table(results: dict[str, Any]) -> list[str]:
 def _steps_table(results: dict[str, Any]) -> list[str]:
     steps = results.get("steps") or []
     _, m, _ = _opts(results)
-    lines = ["| tenants | Nodes held | replica RSS (settled) | Δ per added tenant | VmHWM so far | kube-apiserver "
-             "RSS each | memory available |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| tenants | Nodes held | replica RSS (settled) | Δ per added tenant | VmHWM so far | connections to "
+             "tenants | kube-apiserver RSS each | memory available |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     prev: dict[str, Any] | None = None
     for s in steps:
         delta = None
@@ -173,13 +174,15 @@ def _steps_table(results: dict[str, Any]) -> list[str]:
             delta = (s["rss_mib"] - prev["rss_mib"]) / (s["tenants"] - prev["tenants"])
         lines.append(f"| {s['tenants']} | {s['nodes']:,} | {_fmt(s['rss_mib'], ' MiB', 1)} | "
                      f"{_fmt(delta, ' MiB', 2)} | {_fmt(s.get('vm_hwm_mib'), ' MiB', 1)} | "
+                     f"{_fmt(s.get('tenant_connections'))} | "
                      f"{_fmt(s.get('apiserver_rss_mib_mean'), ' MiB', 0)} | "
                      f"{_fmt(s.get('available_gib'), ' GiB', 1)} |")
         prev = s
     after = results.get("after_burst")
     if after:
         lines.append(f"| {after['tenants']} (after the burst) | {after['nodes']:,} | "
-                     f"{_fmt(after['rss_mib'], ' MiB', 1)} | | {_fmt(after.get('vm_hwm_mib'), ' MiB', 1)} | | |")
+                     f"{_fmt(after['rss_mib'], ' MiB', 1)} | | {_fmt(after.get('vm_hwm_mib'), ' MiB', 1)} | "
+                     f"{_fmt(after.get('tenant_connections'))} | | |")
     lines += ["", f"Least-squares slope from 1 tenant on: **{_fmt(results.get('marginal_mib_per_tenant'), ' MiB', 2)} "
               f"per added {m}-node tenant**. The first tenant costs "
               f"{_fmt(results.get('first_tenant_mib'), ' MiB', 2)} once (the tenant code paths run for the first "
@@ -237,7 +240,8 @@ def render_fleet_page(results: dict[str, Any], *, report_path: Path, results_pat
         "```",
         "",
         "Options: `--tenants` (20), `--nodes-per-tenant` (10), `--steps` (tenant counts where RSS is read; default "
-        "0, N/4, N/2, N), `--idle-seconds` (15 s before each RSS reading; quick 3 s), `--latency-ms` (25), "
+        "0, 1, N/4, N/2, N), `--idle-seconds` (35 s before each RSS reading; quick 31 s), `--latency-ms` (25), "
+        "`--replica-env NAME=VALUE` (experiments), "
         "`--start-parallel` (3 API servers started at once), `--node-store` (N list for `bench.nodestore`, or "
         "`none`), `--keep-logs`, `--no-main-report` (do not re-render `docs/benchmarks.md`).",
         "",
@@ -293,10 +297,11 @@ def render_fleet_page(results: dict[str, Any], *, report_path: Path, results_pat
               "fleet starts); its settled RSS is read the same way as the replica's.",
               "- Python's allocator rarely returns memory: settled RSS after a step includes what the step's "
               "transient (lists, the burst) left in the heap; VmHWM is the peak so far.",
-              "- The idle before each reading is longer than aiohttp's 15 s keep-alive: a tenant initialising Nodes "
-              "opens up to ~11 TLS connections to its API server (workers, Events, the watch), each with a 256 KiB "
-              "read buffer in asyncio's SSL protocol; once idle it keeps one (its watch). Read sooner, the "
-              "reading counts those buffers.",
+              "- The idle before each reading is longer than twice aiohttp's 15 s keep-alive (an idle pooled "
+              "connection is closed 15-30 s after its last use): a tenant initialising Nodes opens up to ~11 TLS "
+              "connections to its API server (workers, Events, the watch), each with a 256 KiB read buffer in "
+              "asyncio's SSL protocol, and keeps them for that long. The table's connection count says how many "
+              "were still open at each reading.",
               ""]
     return "\n".join(lines)
 
