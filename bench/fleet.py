@@ -59,6 +59,7 @@ from bench.fleetworld import (
 )
 from bench.kube import Registration, TaintWatcher, admin_client, register_burst
 from bench.procs import MIB, Daemon, DaemonConfig, vm_hwm_bytes
+from bench.profiling import PySpy, format_summary, summarise
 from bench.scenario import kube_writes, settle, split_writes
 from bench.stats import linear_slope, summary
 from tests.emulator import EmulatorProcess
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replica-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the fleet replica only, e.g. MALLOC_MMAP_THRESHOLD_=131072 (repeatable; "
                         "for experiments, recorded in the results)")
+    p.add_argument("--profile-dir", type=Path, default=None,
+                   help="sample the replica with py-spy during the burst and write its profile here (needs py-spy)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--report", type=Path, default=FLEET_REPORT_PATH, help="the fleet page (Markdown)")
     p.add_argument("--no-main-report", action="store_true",
@@ -380,8 +383,22 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             w0 = kube_writes(await asyncio.to_thread(replica.metrics))
             cpu0 = replica.cpu_seconds()
             log(f"burst: {m} Nodes in each of {n} tenants at once")
-            regs = await register_all(servers, BURST, m)
-            all_done = await wait_removed(watchers, BURST, m, WAIT_TIMEOUT)
+            spy = None
+            if args.profile_dir is not None:
+                args.profile_dir.mkdir(parents=True, exist_ok=True)
+                spy = PySpy(replica.pid, args.profile_dir / "profile-fleet-burst.collapsed.txt")
+            try:
+                regs = await register_all(servers, BURST, m)
+                all_done = await wait_removed(watchers, BURST, m, WAIT_TIMEOUT)
+            finally:
+                if spy is not None:
+                    spy.stop()
+            if spy is not None and spy.output.is_file():
+                summary_path = args.profile_dir / "profile-fleet-burst.txt"
+                summary_path.write_text(format_summary(summarise(spy.output, str(REPO_ROOT) + "/"),
+                                                       "py-spy profile of the fleet replica, burst"))
+                results["profile"] = str(summary_path)
+                log(f"profile of the burst: {summary_path}")
             await settle(replica)
             c1 = await asyncio.to_thread(CloudCounters.read, emulator)
             w1 = kube_writes(await asyncio.to_thread(replica.metrics))
