@@ -58,7 +58,7 @@ from bench.fleetworld import (
     tenant_key,
 )
 from bench.kube import Registration, TaintWatcher, admin_client, register_burst
-from bench.procs import MIB, Daemon, DaemonConfig, vm_hwm_bytes
+from bench.procs import MIB, Daemon, DaemonConfig, cpu_seconds, vm_hwm_bytes
 from bench.profiling import PySpy, format_summary, summarise
 from bench.scenario import kube_writes, settle, split_writes
 from bench.stats import linear_slope, summary
@@ -200,6 +200,21 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
             raise SystemExit(f"--replica-env {pair!r}: expected NAME=VALUE")
         out[name] = value
     return out
+
+
+def cpu_split(replica: Daemon | None, servers: dict[int, KubeAPIServer],
+              emulator: EmulatorProcess) -> dict[str, float]:
+    """CPU seconds so far of the processes sharing the cores: the replica, the tenant API servers together, the
+    emulator and the bench itself (its watches and creates)."""
+    out = {"replica": replica.cpu_seconds() if replica is not None and replica.proc is not None else 0.0,
+           "kube_apiservers": sum(cpu_seconds(s.pid) for s in servers.values() if s.pid is not None),
+           "emulator": cpu_seconds(emulator.pid) if emulator.pid is not None else 0.0,
+           "bench": cpu_seconds(os.getpid()), "_wall": time.monotonic()}
+    return out
+
+
+def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before[k], 2) for k in after}
 
 
 def rss_bytes(pid: int) -> int:
@@ -379,6 +394,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             # -- 3. burst in every tenant at once -------------------------------------------------------------
             servers = dict(tenants.servers)
             watchers = await start_watchers(servers)
+            cpu_burst0 = cpu_split(replica, servers, emulator)
             c0 = await asyncio.to_thread(CloudCounters.read, emulator)
             w0 = kube_writes(await asyncio.to_thread(replica.metrics))
             cpu0 = replica.cpu_seconds()
@@ -400,6 +416,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                 results["profile"] = str(summary_path)
                 log(f"profile of the burst: {summary_path}")
             await settle(replica)
+            cpu_burst = cpu_delta(cpu_split(replica, servers, emulator), cpu_burst0)
             c1 = await asyncio.to_thread(CloudCounters.read, emulator)
             w1 = kube_writes(await asyncio.to_thread(replica.metrics))
             cloud = c1 - c0
@@ -411,7 +428,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                          token_exchanges=cloud.token_exchanges, kube_writes=writes,
                          node_writes_per_node=round(split["node"] / (n * m), 3) if n else None,
                          event_writes_per_node=round(split["events"] / (n * m), 3) if n else None,
-                         replica_cpu_s=round(replica.cpu_seconds() - cpu0, 2))
+                         replica_cpu_s=round(replica.cpu_seconds() - cpu0, 2), cpu_seconds=cpu_burst)
             results["burst"] = burst
             log(f"burst: {burst['initialized']}/{n * m} initialised, p50 {burst['delay_s'].get('p50')} s, "
                 f"p99 {burst['delay_s'].get('p99')} s, max {burst['delay_s'].get('max')} s; burst "
@@ -434,11 +451,13 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         # -- 4. the floor -------------------------------------------------------------------------------------
         log("floor: the same two writes per Node from a bare client, every tenant at once")
         templates = {i: await read_templates(s, node_names(i, BURST, m)) for i, s in servers.items()}
+        cpu_floor0 = cpu_split(None, servers, emulator)
         floor_regs = await asyncio.gather(*(floor_tenant(s, node_names(i, FLOOR, m), templates[i])
                                             for i, s in servers.items()))
         floor_done = await wait_removed(watchers, FLOOR, m, WAIT_TIMEOUT)
+        cpu_floor = cpu_delta(cpu_split(None, servers, emulator), cpu_floor0)
         floor = burst_timing(watchers, dict(zip(servers, floor_regs, strict=True)), FLOOR, m)
-        floor.update(all_initialized=floor_done, node_writes_per_node=2)
+        floor.update(all_initialized=floor_done, node_writes_per_node=2, cpu_seconds=cpu_floor)
         results["floor"] = floor
         if burst.get("burst_s") and floor.get("burst_s"):
             results["burst_vs_floor"] = round(burst["burst_s"] / floor["burst_s"], 2)
