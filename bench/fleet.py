@@ -78,7 +78,7 @@ def log(message: str) -> None:
 
 def default_steps(tenants: int, quick: bool) -> list[int]:
     """0, 1, N/4, N/2, N (0, 1, N/2, N when quick), without repeats: the step 0 → 1 carries the one-time cost of
-    serving a first tenant (code paths run for the first time, the shared CloudSigma session), the marginal cost
+    serving a first tenant (its initialisation transient kept by the allocator, the shared parts), the marginal cost
     is fitted from 1 on."""
     fractions = (0.5, 1.0) if quick else (0.25, 0.5, 1.0)
     return sorted({0, 1} | {max(1, round(tenants * f)) for f in fractions})

@@ -193,8 +193,9 @@ def _steps_table(results: dict[str, Any]) -> list[str]:
                      f"{_fmt(after.get('tenant_connections'))} | | |")
     lines += ["", f"Least-squares slope from 1 tenant on: **{_fmt(results.get('marginal_mib_per_tenant'), ' MiB', 2)} "
               f"per added {m}-node tenant**. The first tenant costs "
-              f"{_fmt(results.get('first_tenant_mib'), ' MiB', 2)} once (the tenant code paths run for the first "
-              "time: lazily built parts of the libraries, the shared CloudSigma session and token cache); the slope "
+              f"{_fmt(results.get('first_tenant_mib'), ' MiB', 2)} once (mostly what the allocator keeps of its "
+              "initialisation's TLS buffers, see the analysis, plus what the first tenant builds for all: the "
+              "shared CloudSigma session, token cache, code paths run for the first time); the slope "
               f"over every step, 0 included, is {_fmt(results.get('slope_from_zero_mib_per_tenant'), ' MiB', 2)}."]
     return [*lines, ""]
 
