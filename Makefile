@@ -52,9 +52,10 @@ docs: setup
 reliability-doc: setup realenv
 	CCM_WRITE_RELIABILITY_DOC=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability tests/unit/test_properties.py
 
-## bench: the benchmark (see docs/benchmarks.md)
+## bench: the benchmark (see docs/benchmarks.md), then the fleet scenario (docs/benchmarks-fleet.md)
 bench: setup realenv
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -397,6 +397,9 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
             lines += _profile_section(r, phase, prof, docs_dir)
     if ANALYSIS_PATH.is_file():
         lines += [ANALYSIS_PATH.read_text().strip(), ""]
+    from bench.fleetreport import fleet_section_for_main_report  # imports this module
+
+    lines += fleet_section_for_main_report(docs_dir)
     lines += ["## Method and caveats", "",
               "- Everything runs on one machine: the kube-apiserver (with etcd), the emulator, the daemon and the "
               "bench share its cores, so a burst measures the whole system; the per-process CPU split is listed "

@@ -74,12 +74,12 @@ def daemon_flags(mode: str, opts: Options, *, shortened: bool) -> tuple[str, ...
     return tuple(flags)
 
 
-def _writes(m: promtext.MetricsSnapshot) -> dict[str, float]:
+def kube_writes(m: promtext.MetricsSnapshot) -> dict[str, float]:
     """``{"PATCH nodes/status": 1000.0, "POST events": 1000.0, ...}``."""
     return m.by_labels(WRITES, "verb", "resource")
 
 
-def _split_writes(writes: dict[str, float]) -> dict[str, float]:
+def split_writes(writes: dict[str, float]) -> dict[str, float]:
     node = sum(v for k, v in writes.items() if k.split(" ", 1)[-1] in NODE_RESOURCES)
     events = sum(v for k, v in writes.items() if k.split(" ", 1)[-1] == "events")
     return {"node": node, "events": events, "other": sum(writes.values()) - node - events}
@@ -105,14 +105,14 @@ class CpuClock:
         return {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
 
 
-async def _settle(daemon: Daemon, *, quiet: float = SETTLE_QUIET, timeout: float = 120.0) -> float:
+async def settle(daemon: Daemon, *, quiet: float = SETTLE_QUIET, timeout: float = 120.0) -> float:
     """Wait until the daemon's write counters have not moved for ``quiet`` seconds; returns seconds waited."""
     started = time.monotonic()
-    last = sum(_writes(await asyncio.to_thread(daemon.metrics)).values())
+    last = sum(kube_writes(await asyncio.to_thread(daemon.metrics)).values())
     still_since = time.monotonic()
     while time.monotonic() - started < timeout:
         await asyncio.sleep(0.25)
-        now_total = sum(_writes(await asyncio.to_thread(daemon.metrics)).values())
+        now_total = sum(kube_writes(await asyncio.to_thread(daemon.metrics)).values())
         if now_total != last:
             last, still_since = now_total, time.monotonic()
         elif time.monotonic() - still_since >= quiet:
@@ -177,7 +177,7 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
         log(f"[{label}] {n} nodes created in {reg.seconds:.2f}s; waiting for taint removal")
         timeout = burst_timeout(n, mode, opts.latency_ms)
         all_done = await asyncio.to_thread(watcher.wait_all, set(names), timeout)
-        settle_s = await _settle(daemon)
+        settle_s = await settle(daemon)
         stop_profile("burst")
         c1 = await asyncio.to_thread(CloudCounters.read, emulator)
         m1 = await asyncio.to_thread(daemon.metrics)
@@ -187,8 +187,8 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
                   if x in watcher.removed_at and x in reg.created_at]
         initialized = len(delays)
         last_removed = max(watcher.removed_at.values()) if watcher.removed_at else float("nan")
-        writes1 = _writes(m1)
-        split1 = _split_writes(writes1)
+        writes1 = kube_writes(m1)
+        split1 = split_writes(writes1)
         cloud_burst = c1 - c_pre
         b = result["burst"] = {
             "daemon_flags": list(flags),
@@ -242,7 +242,7 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
             result["idle"] = {
                 "window_s": round(cpu["_wall"], 2),
                 "cloudsigma": (c2 - c1).as_json(),
-                "kube_writes": promtext.diff(_writes(m2), writes1),
+                "kube_writes": promtext.diff(kube_writes(m2), writes1),
                 "reconciles": promtext.diff(_reconciles(m2), _reconciles(m1)),
                 "daemon_cpu_seconds": cpu["daemon"],
                 "daemon_cpu_core_percent": round(100.0 * cpu["daemon"] / cpu["_wall"], 3),
@@ -263,14 +263,14 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
         log(f"[{label}] restarting the daemon with {' '.join(flags[2:])}")
         await asyncio.to_thread(daemon.start)
         resynced_after = await _wait_reconciles(daemon, n, timeout)
-        await _settle(daemon)
+        await settle(daemon)
         c4 = await asyncio.to_thread(CloudCounters.read, emulator)
         m4 = await asyncio.to_thread(daemon.metrics)
         result["restart"] = {
             "daemon_flags": list(flags),
             "resync_s": round(resynced_after, 2) if resynced_after is not None else None,
             "cloudsigma": (c4 - c3).as_json(),
-            "kube_writes": _writes(m4),
+            "kube_writes": kube_writes(m4),
             "reconciles": _reconciles(m4),
         }
         log(f"[{label}] restart: {n} nodes re-synced after {result['restart']['resync_s']}s with "
@@ -290,7 +290,7 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
         cpu5 = clock.read()
         stop_profile("steady")
         cloud_steady = c5 - c4
-        writes_steady = promtext.diff(_writes(m5), _writes(m4))
+        writes_steady = promtext.diff(kube_writes(m5), kube_writes(m4))
         reconciles_steady = promtext.diff(_reconciles(m5), _reconciles(m4))
         cpu_steady = CpuClock.delta(cpu5, cpu4)
         wall = cpu_steady["_wall"]

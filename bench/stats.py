@@ -33,3 +33,18 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "mean": sum(data) / len(data),
     }
     return {k: round(v, 4) for k, v in out.items()}
+
+
+def linear_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ``ys`` over ``xs`` (NaN with fewer than two distinct ``xs``)."""
+    if len(xs) != len(ys):
+        raise ValueError("xs and ys differ in length")
+    n = len(xs)
+    if n < 2:
+        return math.nan
+    mx = sum(xs) / n
+    my = sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return math.nan
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
