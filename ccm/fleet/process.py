@@ -16,6 +16,7 @@ import signal
 
 import structlog
 
+from ccm.allocator import return_large_buffers
 from ccm.config import Settings
 from ccm.daemon import kube_client, lease_namespace, serve_health
 from ccm.fleet.manager import FleetManager
@@ -38,6 +39,8 @@ async def run_fleet(settings: Settings, redactor: Redactor) -> int:
     """Serve this replica's share of the fleet until SIGTERM/SIGINT (→ 0) or a fleet task ends (→ 1)."""
     namespace = lease_namespace(settings)
     identity = settings.leader_elect_identity or default_identity()
+    # Tenants' TLS connections come and go in bursts; their buffers go back to the OS, not to a growing heap.
+    large_buffers_returned = return_large_buffers()
     management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
                                    what="management kubeconfig")
     try:
@@ -69,7 +72,8 @@ async def run_fleet(settings: Settings, redactor: Redactor) -> int:
     supervisor.start("fleet-ready", mark_ready(), may_finish=True)
     log.info("ccm_starting", mode="fleet", identity=identity, namespace=namespace, fleet=settings.fleet_name,
              credential_chain=settings.credential_chain, workers_per_tenant=settings.fleet_concurrent_node_syncs,
-             cloudsigma_requests_per_minute=settings.cloudsigma_requests_per_minute)
+             cloudsigma_requests_per_minute=settings.cloudsigma_requests_per_minute,
+             large_buffers_returned=large_buffers_returned)
     failure = asyncio.ensure_future(supervisor.failure())
     stop_task = asyncio.ensure_future(stop.wait())
     exit_code = 0

@@ -38,7 +38,7 @@ from ccm.metrics import Metrics
 from ccm.supervisor import cancel_and_wait
 from cloudsigma.client import USER_AGENT
 
-__all__ = ["TenantRuntime", "TenantTransport", "credential_state"]
+__all__ = ["TenantRuntime", "TenantTransport", "credential_state", "tenant_connections"]
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +82,15 @@ class TenantTransport(KubeTransport):
         except KubeError as exc:
             self._note(exc)
             raise
+
+
+def tenant_connections(settings: Settings) -> int:
+    """Connections a tenant's client may hold at once: its two watches (Nodes; CSRs when approving), one request
+    per worker, one for Events and the lifecycle. Without a cap a burst opens one per concurrent request (10+);
+    each TLS connection costs a handshake and a 256 KiB read buffer (CPython's asyncio SSL protocol), so a fleet
+    of tenants initialising at once paid tens of MiB and ~40 % of its CPU for connections it then let idle out
+    (bench/fleet_analysis.md)."""
+    return settings.fleet_concurrent_node_syncs + 3
 
 
 def credential_state(services: Services, email: str, region: str) -> dict[str, Any]:
@@ -183,7 +192,8 @@ class TenantRuntime:
     async def _build(self, spec: TenantSpec) -> Components:
         source = f"Secret {spec.namespace}/{spec.cluster_name}-kubeconfig"
         try:
-            api = await api_client_from_dict(kubeconfig_dict(spec), source=source, user_agent=self._user_agent)
+            api = await api_client_from_dict(kubeconfig_dict(spec), source=source, user_agent=self._user_agent,
+                                             max_connections=tenant_connections(self._settings))
         except KubeconfigError as exc:
             raise TenantBuildError(str(exc)) from None
         self._credentials.use(self.key, spec.credentials_key)

@@ -55,12 +55,16 @@ async def _client_for(kubeconfig: Kubeconfig) -> ApiClient:
     return client
 
 
-async def api_client_from_dict(document: dict[str, Any], *, source: str, user_agent: str | None = None) -> ApiClient:
+async def api_client_from_dict(document: dict[str, Any], *, source: str, user_agent: str | None = None,
+                               max_connections: int | None = None) -> ApiClient:
     """An ApiClient for a kubeconfig held in memory (a tenant's Cluster API Secret in fleet mode), already checked
     to be self-contained (:func:`ccm.fleet.tenants.parse_kubeconfig`: inline credentials, no files, no plugins).
-    The library writes inline certificates to temporary files of its own. Problems are a one-line
-    :class:`KubeconfigError` naming ``source`` (e.g. the Secret), never the content."""
+    The library writes inline certificates to temporary files of its own. ``max_connections`` caps its pool (the
+    library's default is 100). Problems are a one-line :class:`KubeconfigError` naming ``source`` (e.g. the
+    Secret), never the content."""
     cfg = Configuration()
+    if max_connections is not None:
+        cfg.connection_pool_maxsize = max_connections
     where = Path(source)
     try:
         loader = KubeConfigLoader(config_dict=document)

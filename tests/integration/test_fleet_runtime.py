@@ -11,7 +11,7 @@ import pytest
 
 from ccm.config import load_settings
 from ccm.fencing import Fence
-from ccm.fleet.runtime import TenantRuntime
+from ccm.fleet.runtime import TenantRuntime, tenant_connections
 from ccm.fleet.shared import CredentialUsers, fleet_services
 from ccm.fleet.tenants import TenantSpec
 from ccm.logging import Redactor
@@ -85,6 +85,10 @@ async def test_two_clusters_of_one_owner_share_a_token_and_a_stopped_tenant_leav
         await register_node(apis[1], "rt-two")
         for api, name in zip(apis, ("rt-one", "rt-two"), strict=True):
             await wait_for(lambda api=api, name=name: initialized(api, name), 20, message=f"{name} initialized")
+        # Each tenant's client holds a bounded pool: its workers, its watches and one for Events.
+        for runtime in runtimes:
+            assert runtime.parts is not None
+            assert runtime.parts.tenant.rest_client.pool_manager.connector.limit == tenant_connections(settings)
         # One owner in one region: one token exchange for both clusters.
         assert world.counters["token:token-exchange"] == 1
         alice = CacheKey.of(ALICE, "zrh", "keycloak-token-exchange")

@@ -1,0 +1,30 @@
+"""The C allocator and large buffers: give freed ones back to the operating system at once.
+
+glibc serves an allocation of 128 KiB or more with a mapping of its own until the first such block is freed; then
+it raises its threshold to that block's size (the "dynamic mmap threshold") and serves later ones from the heap,
+whose freed space it keeps. Every TLS connection asyncio opens carries a 256 KiB read buffer, so a fleet replica
+whose tenants open connections in a burst and let them idle out kept every burst's buffers for good (≈ 1.2 MiB per
+tenant, bench/fleet_analysis.md). Pinning the threshold keeps such buffers mapped, and unmapped when freed. This is
+``MALLOC_MMAP_THRESHOLD_=131072``, set from inside so every way of starting the process behaves alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+__all__ = ["return_large_buffers"]
+
+M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
+LARGE = 128 * 1024
+
+
+def return_large_buffers(threshold: int = LARGE) -> bool:
+    """Pin the C allocator's mmap threshold at ``threshold`` bytes. False when the C library has no ``mallopt`` or
+    refuses it (not glibc): nothing is changed then."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
