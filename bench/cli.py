@@ -25,14 +25,19 @@ PLOT_PATH = REPO_ROOT / "docs" / "benchmark-taint-removal.png"
 SCHEMA_VERSION = 1
 
 
-def _node_counts(text: str) -> list[int]:
+def comma_counts(text: str, *, what: str, minimum: int) -> list[int]:
+    """``"100,1000"`` → ``[100, 1000]`` for an argparse ``type``; every count at least ``minimum``."""
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of node counts") from None
-    if not counts or any(c < 1 for c in counts):
-        raise argparse.ArgumentTypeError("node counts must be positive")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+    if not counts or any(c < minimum for c in counts):
+        raise argparse.ArgumentTypeError(f"{what} must be {'positive' if minimum == 1 else f'{minimum} or more'}")
     return counts
+
+
+def _node_counts(text: str) -> list[int]:
+    return comma_counts(text, what="node counts", minimum=1)
 
 
 def build_parser() -> argparse.ArgumentParser:

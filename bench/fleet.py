@@ -39,6 +39,7 @@ from typing import Any
 import psutil
 
 from bench import environment, nodestore
+from bench.cli import comma_counts
 from bench.cloud import CloudCounters
 from bench.fleetfloor import floor_tenant, read_templates
 from bench.fleetreport import FLEET_REPORT_PATH, FLEET_RESULTS_NAME, evaluate_fleet_targets, render_fleet_page
@@ -85,13 +86,7 @@ def default_steps(tenants: int, quick: bool) -> list[int]:
 
 
 def _steps(text: str) -> list[int]:
-    try:
-        steps = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of tenant counts") from None
-    if not steps or steps[0] < 0:
-        raise argparse.ArgumentTypeError("tenant counts must be 0 or more")
-    return steps
+    return sorted(set(comma_counts(text, what="tenant counts", minimum=0)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,8 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class ClusterIdentity:
+    """Who the tenant's CCM acts as, as its CloudSigmaCluster says: the owner's email and the region."""
+
     user_email: str
     region: str
 

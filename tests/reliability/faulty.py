@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import structlog
 
@@ -21,38 +22,31 @@ from ccm.kube import watching
 FAULTS = ("watcher-dies", "discovery-dies")
 
 
-def _watcher_dies() -> None:
-    original = watching.NodeWatcher.run
+def _crash_after_sync(cls: Any, fault: str, what: str) -> None:
+    """``cls.run`` runs normally until its ``synced`` event is set, for 2 s more, then raises."""
+    original = cls.run
 
-    async def run(self: watching.NodeWatcher) -> None:
+    async def run(self: Any) -> None:
         task = asyncio.ensure_future(original(self))
         try:
             await self.synced.wait()
             await asyncio.sleep(2.0)
         finally:
             task.cancel()
-        structlog.get_logger("tests.faulty").warning("injected_fault", fault="watcher-dies")
-        raise RuntimeError("injected fault: the node watcher crashed")
+        structlog.get_logger("tests.faulty").warning("injected_fault", fault=fault)
+        raise RuntimeError(f"injected fault: {what} crashed")
 
-    watching.NodeWatcher.run = run  # type: ignore[method-assign]
+    cls.run = run
+
+
+def _watcher_dies() -> None:
+    _crash_after_sync(watching.NodeWatcher, "watcher-dies", "the node watcher")
 
 
 def _discovery_dies() -> None:
     from ccm.fleet import discovery
 
-    original = discovery.TenantDiscovery.run
-
-    async def run(self: discovery.TenantDiscovery) -> None:
-        task = asyncio.ensure_future(original(self))
-        try:
-            await self.synced.wait()
-            await asyncio.sleep(2.0)
-        finally:
-            task.cancel()
-        structlog.get_logger("tests.faulty").warning("injected_fault", fault="discovery-dies")
-        raise RuntimeError("injected fault: tenant discovery crashed")
-
-    discovery.TenantDiscovery.run = run  # type: ignore[method-assign]
+    _crash_after_sync(discovery.TenantDiscovery, "discovery-dies", "tenant discovery")
 
 
 def main(argv: list[str]) -> int:

@@ -14,11 +14,7 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
-import sys
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,55 +22,16 @@ from ccm.fleet.manager import tenant_lease_name
 from tests.emulator import EmulatorServer
 from tests.integration.harness import CLIENT_ID, CLIENT_SECRET
 from tests.realenv.kubeapiserver import KubeAPIServer
-from tests.realenv.processes import stop_process
 from tests.realenv.proxy import HoldingProxy
-from tests.reliability import registry
-from tests.reliability.support import ccm_binary, clean_env, free_port, http_get, metric_value
+from tests.reliability.replicas import DEADLINE, LEASE, RETRY, ReplicaProcess, Write, audit_writes
+from tests.reliability.support import clean_env, free_port, http_get, metric_value
 
-# The reliability suite's 0.4 scale of the defaults (15/10/2 s).
-LEASE, DEADLINE, RETRY = 6.0, 4.0, 0.5
 LEASE_NAMESPACE = "default"
-_WRITES = ("create", "update", "patch", "delete", "deletecollection")
-_REPLICA = re.compile(r"\(fleet [^;]+; replica ([^)]+)\)")
 
 
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-@dataclass(frozen=True)
-class AuditWrite:
-    user: str
-    agent: str
-    verb: str
-    resource: str
-    name: str
-    code: int
-    received: float
-
-    @property
-    def replica(self) -> str | None:
-        match = _REPLICA.search(self.agent)
-        return match.group(1) if match else None
-
-
-def audit(server: KubeAPIServer) -> list[AuditWrite]:
-    out = []
-    for event in server.audit_events():
-        if event.get("verb") not in _WRITES:
-            continue
-        ref = event.get("objectRef") or {}
-        resource = str(ref.get("resource", "")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        out.append(AuditWrite(str((event.get("user") or {}).get("username", "")), str(event.get("userAgent", "")),
-                              str(event["verb"]), resource, str(ref.get("name", "")),
-                              int((event.get("responseStatus") or {}).get("code", 0)),
-                              _ts(event["requestReceivedTimestamp"])))
-    return sorted(out, key=lambda w: w.received)
-
-
-def lease_writes(management: KubeAPIServer, lease: str) -> list[AuditWrite]:
+def lease_writes(management: KubeAPIServer, lease: str) -> list[Write]:
     """Successful writes of one tenant Lease (acquisitions, renewals, releases, deletion)."""
-    return [w for w in audit(management) if w.resource == "leases" and w.name == lease and 200 <= w.code < 300]
+    return [w for w in audit_writes(management) if w.resource == "leases" and w.name == lease and 200 <= w.code < 300]
 
 
 def served_twice(management: KubeAPIServer, fleet: str, tenants: Mapping[str, KubeAPIServer],
@@ -88,7 +45,7 @@ def served_twice(management: KubeAPIServer, fleet: str, tenants: Mapping[str, Ku
     for key, server in tenants.items():
         history = [(w.received, users.get(w.user, w.user))
                    for w in lease_writes(management, tenant_lease_name(fleet, key))]
-        for write in audit(server):
+        for write in audit_writes(server):
             replica = write.replica
             if replica is None or write.received < since:
                 continue
@@ -120,8 +77,10 @@ def acquisitions(management: KubeAPIServer, fleet: str, key: str,
     return out
 
 
-class FleetReplica:
+class FleetReplica(ReplicaProcess):
     """One ``cloudsigma-ccm --mode fleet`` process with its own management identity and proxy."""
+
+    LOG_TITLE = "fleet log"
 
     def __init__(self, name: str, management: KubeAPIServer, emulator: EmulatorServer, tmp: Path, *, fleet: str,
                  tenant_namespace: str, fault: str | None = None, **settings: str) -> None:
@@ -155,14 +114,7 @@ class FleetReplica:
         await self.proxy.start()
         self.kubeconfig.write_text(self.management.fresh_kubeconfig_text(self.user, ["system:masters"],
                                                                          server=self.proxy.url))
-        command = [sys.executable, "-m", "tests.reliability.faulty", self.fault] if self.fault else [ccm_binary()]
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(*command, env=self.env, stdout=log, stderr=log,
-                                                             cwd=str(registry.ROOT))
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        await self._launch()
 
     async def get(self, path: str) -> str:
         if not self.alive:
@@ -191,45 +143,6 @@ class FleetReplica:
 
     async def metric(self, name: str, **labels: str) -> float:
         return metric_value(await self.get("/metrics"), name, **labels)
-
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"event": "<not json>", "text": line})
-        return out
-
-    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.lines() if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
-
-    async def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-
-    async def stop(self) -> int | None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proxy.set_hold(0.0)  # let it hand its tenants back
-        code = await stop_process(self.proc)
-        await self.proxy.stop()
-        if self.log.exists():
-            registry.add_text(f"fleet log of replica {self.name} ({registry.current_nodeid()})",
-                              self.log.read_text())
-        return code
-
-
-@contextlib.asynccontextmanager
-async def fleet_replicas(*group: FleetReplica) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        for replica in group:
-            await replica.stop()
 
 
 def users_of(group: Iterable[FleetReplica]) -> dict[str, str]:

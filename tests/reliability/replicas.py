@@ -3,6 +3,7 @@
 Each :class:`Replica` is a real ``cloudsigma-ccm`` process (or ``python -m tests.reliability.faulty``) with its own
 tenant identity (a client certificate of the test kube-apiserver) and its own lease identity, reaching the
 management API through a :class:`~tests.realenv.proxy.HoldingProxy` so the API can hang for it alone.
+:class:`ReplicaProcess` is what every such process has (its proxy, log, life and stop; fleet replicas share it);
 :func:`audit_writes` reads who wrote what, when, from the API server's audit log.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -31,21 +34,29 @@ from tests.reliability.support import ccm_binary, clean_env, free_port, http_get
 # not miss renewals by itself.
 LEASE, DEADLINE, RETRY = 6.0, 4.0, 0.5
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
+_REPLICA = re.compile(r"\(fleet [^;]+; replica ([^)]+)\)")
 
 
 def _ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Write:
     user: str
+    agent: str
     verb: str
     resource: str
     name: str
     code: int
     received: float
     completed: float
+
+    @property
+    def replica(self) -> str | None:
+        """The fleet replica a tenant write came from (its User-Agent), if any."""
+        match = _REPLICA.search(self.agent)
+        return match.group(1) if match else None
 
 
 def audit_writes(server: KubeAPIServer) -> list[Write]:
@@ -55,13 +66,69 @@ def audit_writes(server: KubeAPIServer) -> list[Write]:
             continue
         ref = event.get("objectRef") or {}
         resource = str(ref.get("resource", "")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        out.append(Write(str((event.get("user") or {}).get("username", "")), str(event["verb"]), resource,
-                         str(ref.get("name", "")), int((event.get("responseStatus") or {}).get("code", 0)),
-                         _ts(event["requestReceivedTimestamp"]), _ts(event["stageTimestamp"])))
+        out.append(Write(user=str((event.get("user") or {}).get("username", "")),
+                         agent=str(event.get("userAgent", "")), verb=str(event["verb"]), resource=resource,
+                         name=str(ref.get("name", "")), code=int((event.get("responseStatus") or {}).get("code", 0)),
+                         received=_ts(event["requestReceivedTimestamp"]), completed=_ts(event["stageTimestamp"])))
     return sorted(out, key=lambda w: w.received)
 
 
-class Replica:
+class ReplicaProcess:
+    """What every CCM process of the suite has: a management-API proxy, a JSON log, a metrics port, a life.
+    Subclasses set ``name``, ``fault``, ``proxy``, ``port``, ``log``, ``env`` and ``proc = None``."""
+
+    LOG_TITLE = "CCM log"
+    name: str
+    fault: str | None
+    proxy: HoldingProxy
+    port: int
+    log: Path
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None
+
+    async def _launch(self) -> None:
+        command: Sequence[str] = ([sys.executable, "-m", "tests.reliability.faulty", self.fault]
+                                  if self.fault else [ccm_binary()])
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(*command, env=self.env, stdout=log, stderr=log,
+                                                             cwd=str(registry.ROOT))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "<not json>", "text": line})
+        return out
+
+    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in self.lines() if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> int | None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proxy.set_hold(0.0)  # let it release its Lease(s) and hand its work back
+        code = await stop_process(self.proc)
+        await self.proxy.stop()
+        if self.log.exists():
+            registry.add_text(f"{self.LOG_TITLE} of replica {self.name} ({registry.current_nodeid()})",
+                              self.log.read_text())
+        return code
+
+
+class Replica(ReplicaProcess):
     """One daemon process: its own tenant identity, its own lease identity, its own proxy to the management API."""
 
     def __init__(self, name: str, server: KubeAPIServer, emulator: EmulatorServer, tmp: Path, *, lease: str,
@@ -94,21 +161,13 @@ class Replica:
     async def start(self) -> None:
         await self.proxy.start()
         self.rotate_management(self.management_valid_for)
-        command: Sequence[str] = ([sys.executable, "-m", "tests.reliability.faulty", self.fault]
-                                  if self.fault else [ccm_binary()])
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(*command, env=self.env, stdout=log, stderr=log,
-                                                             cwd=str(registry.ROOT))
+        await self._launch()
 
     def rotate_management(self, valid_for: timedelta | None = None) -> None:
         """A new client certificate in the management kubeconfig, swapped in as the kubelet swaps a Secret."""
         text = self.server.fresh_kubeconfig_text(self.lease_user, ["system:masters"], server=self.proxy.url,
                                                  valid_for=valid_for)
         self.management_volume.write({"kubeconfig": text})
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
 
     async def metrics(self) -> str:
         if not self.alive:
@@ -120,34 +179,10 @@ class Replica:
     async def leading(self) -> bool:
         return metric_value(await self.metrics(), "cloudsigma_ccm_leader") == 1.0
 
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"event": "<not json>", "text": line})
-        return out
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.lines() if e.get("event") == name]
-
-    async def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-    async def stop(self) -> int | None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proxy.set_hold(0.0)  # let it release its Lease
-        code = await stop_process(self.proc)
-        await self.proxy.stop()
-        if self.log.exists():
-            registry.add_text(f"CCM log of replica {self.name} ({registry.current_nodeid()})", self.log.read_text())
-        return code
-
 
 @contextlib.asynccontextmanager
-async def replicas(*started: Replica) -> AsyncIterator[None]:
+async def replicas(*started: ReplicaProcess) -> AsyncIterator[None]:
+    """Stop every process given when the block ends, however it ends."""
     try:
         yield
     finally:

@@ -50,12 +50,11 @@ from tests.reliability.fleet_support import (
     RETRY,
     FleetReplica,
     acquisitions,
-    audit,
-    fleet_replicas,
     lease_writes,
     served_twice,
     users_of,
 )
+from tests.reliability.replicas import audit_writes, replicas
 from tests.reliability.support import ccm_binary, clean_env, free_port, initialized, maybe_node
 
 pytestmark = pytest.mark.integration
@@ -180,7 +179,7 @@ async def test_tenants_added_changed_and_removed_while_the_fleet_runs(
     await add_tenant(admin, ns, "t2", tenant_servers[1], BOB)
     group = [FleetReplica(n, management, emulator, tmp_path, fleet=fleet, tenant_namespace=ns) for n in ("r1", "r2")]
     since = time.time()
-    async with fleet_replicas(*group):
+    async with replicas(*group):
         for replica in group:
             await replica.start()
         await both_ready(group)
@@ -228,7 +227,7 @@ async def test_tenants_added_changed_and_removed_while_the_fleet_runs(
                        message="t3 rebuilt with the rotated kubeconfig")
         await register_node(tenant_apis[2], "t3-rotated")
         await wait_initialized(tenant_apis[2], "t3-rotated")
-        after_rotation = [w for w in audit(tenant_servers[2]) if w.name == "t3-rotated" and w.replica]
+        after_rotation = [w for w in audit_writes(tenant_servers[2]) if w.name == "t3-rotated" and w.replica]
         assert after_rotation and {w.user for w in after_rotation} == {"tenant-t3-v2"}, after_rotation
         views = [await r.tenants() for r in group]
 
@@ -330,7 +329,7 @@ async def test_tenants_move_when_a_replica_is_cut_off_comes_back_and_dies(
     registered: dict[str, float] = {}
     done: dict[str, float] = {}
     since = time.time()
-    async with fleet_replicas(*group):
+    async with replicas(*group):
         for replica in group:
             await replica.start()
         await both_ready(group)
@@ -408,13 +407,13 @@ async def test_tenants_move_when_a_replica_is_cut_off_comes_back_and_dies(
     check_exclusion(management, fleet, dict(zip(keys, tenant_servers, strict=True)), group, since)
     # Cut off, nothing it sent to the management API landed any more: no Lease of it (its member Lease included)
     # renewed behind its back by a write whose answer it never saw — which would keep it "live" to the others.
-    landed = [w for w in audit(management) if users.get(w.user) == cut.identity and cut_at + 0.5 < w.received
+    landed = [w for w in audit_writes(management) if users.get(w.user) == cut.identity and cut_at + 0.5 < w.received
               < healed_at]
     assert not landed, [(w.verb, w.name, round(w.received - cut_at, 3)) for w in landed]
     # Cut off, it stopped writing (fenced) before the other replica could take its tenants over.
     for key in mine:
         server = tenant_servers[keys.index(key)]
-        late = [w for w in audit(server) if w.replica == cut.identity and cut_at < w.received < healed_at]
+        late = [w for w in audit_writes(server) if w.replica == cut.identity and cut_at < w.received < healed_at]
         renewals = [w.received for w in lease_writes(management, tenant_lease_name(fleet, key))
                     if users.get(w.user) == cut.identity and w.received < healed_at]
         if late:
@@ -485,7 +484,7 @@ async def test_one_tenants_trouble_never_delays_another_tenants_nodes(
     since = time.time()
     latencies: list[float] = []
     try:
-        async with fleet_replicas(*group):
+        async with replicas(*group):
             for replica in group:
                 await replica.start()
             await both_ready(group)
@@ -683,7 +682,7 @@ async def test_a_failing_tenant_is_contained_but_the_fleet_machinery_dying_ends_
     # (1) One replica whose tenants' watchers keep dying: contained.
     crashing = FleetReplica("c1", management, emulator, tmp_path, fleet=fleet, tenant_namespace=ns,
                             fault="watcher-dies")
-    async with fleet_replicas(crashing):
+    async with replicas(crashing):
         await crashing.start()
         await wait_for(lambda: _serves(crashing, set(keys)), 30, message="the tenants served")
         await register_node(tenant_apis[0], "contained-node")
@@ -704,7 +703,7 @@ async def test_a_failing_tenant_is_contained_but_the_fleet_machinery_dying_ends_
     dying = FleetReplica("d1", management, emulator, tmp_path, fleet=fleet, tenant_namespace=ns,
                          fault="discovery-dies")
     other = FleetReplica("d2", management, emulator, tmp_path, fleet=fleet, tenant_namespace=ns)
-    async with fleet_replicas(dying, other):
+    async with replicas(dying, other):
         await dying.start()
         await wait_for(lambda: _serves(dying, set(keys)), 30, message="the dying replica serving both tenants")
         await other.start()
