@@ -27,10 +27,11 @@ realenv:
 image:
 	bash scripts/build-image.sh localhost/cloudsigma-ccm:dev
 
-## lint: ruff and mypy --strict
+## lint: ruff, mypy --strict and the import layers (lint-imports: [tool.importlinter] in pyproject.toml)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 ## test: everything CI runs — set up, prepare the real parts, lint, and the whole suite against them
 test: setup realenv lint

@@ -1,7 +1,7 @@
 """Where the daemon's memory per Node goes: ``python -m bench.daemonheap --nodes 2000``.
 
 Starts a real kube-apiserver and the CloudSigma emulator (N servers, 5 ms per request), builds the daemon
-in this process (:func:`ccm.daemon.build`, leader election off) under ``tracemalloc``, registers N tainted
+in this process (:func:`ccm.single.process.build`, leader election off) under ``tracemalloc``, registers N tainted
 Nodes in a burst like ``python -m bench`` does, waits until the daemon has initialised them all and five more
 seconds, and prints the Python allocations still alive per source file, per Node — the node store
 (``ccm/nodes/view.py``), the server snapshot (``cloudsigma/models.py``, pydantic, the JSON decoder's strings),
@@ -38,8 +38,9 @@ async def measure(n: int, top: int) -> None:
         os.environ.update(daemon_env(emulator, str(server.admin_kubeconfig)))
         os.environ["CLOUDSIGMA_METRICS_BIND_ADDRESS"] = ""
         from ccm.config import load_settings
-        from ccm.daemon import build, run_controllers
         from ccm.logging import Redactor, configure_logging
+        from ccm.single.process import build
+        from ccm.tenant.controllers import run_controllers
 
         configure_logging(level="warning", fmt="json", redactor=Redactor())
         settings = load_settings({})

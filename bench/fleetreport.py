@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench.report import GOAL_BYTES_PER_NODE, _fmt, _met, _store_slope
+from bench.reporting import GOAL_BYTES_PER_NODE
+from bench.reporting import fmt as _fmt
+from bench.reporting import met as _met
+from bench.reporting import store_slope as _store_slope
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLEET_REPORT_PATH = REPO_ROOT / "docs" / "benchmarks-fleet.md"

@@ -1,7 +1,7 @@
 """Memory per held Node: N realistic Nodes through the daemon's node watcher (its list path and its store).
 
 ``.venv/bin/python -m bench.nodestore --nodes 1000,5000`` runs, for every N, a fresh interpreter that imports
-the daemon's :class:`~ccm.kube.watching.NodeWatcher`, pre-serialises N Nodes as a kubelet, the
+the daemon's :class:`~ccm.nodes.watching.NodeWatcher`, pre-serialises N Nodes as a kubelet, the
 kube-controller-manager, a CNI and the CCM leave them in a real cluster (``managedFields`` of each writer,
 ``status.images``, five conditions with heartbeats, ``nodeInfo``, cloud and Cluster API labels and
 annotations — about 16 KiB of JSON each), serves them in pages of 500 like a kube-apiserver's list (each page
@@ -259,7 +259,7 @@ def _settle() -> None:
 
 def measure(nodes_file: Path, *, traced: bool) -> dict[str, Any]:
     """One measurement in this interpreter (run it in a fresh one: see :func:`run_fresh`)."""
-    from ccm.kube.watching import NodeWatcher
+    from ccm.nodes.watching import NodeWatcher
 
     blob = nodes_file.read_bytes()
     kube = PagedNodes(blob)
@@ -304,7 +304,7 @@ def measure(nodes_file: Path, *, traced: bool) -> dict[str, Any]:
 
 
 async def _warm(kube: PagedNodes) -> None:
-    from ccm.kube.watching import NodeWatcher
+    from ccm.nodes.watching import NodeWatcher
 
     watcher = NodeWatcher(kube)  # type: ignore[arg-type]
     task = asyncio.create_task(watcher.run())

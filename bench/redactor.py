@@ -1,7 +1,7 @@
 """``python -m bench.redactor``: the log redactor after many token rotations — memory and per-line cost.
 
 A simulated clock runs 10,000 rotations of 15-minute tokens (~104 days) through the daemon's credential path
-(:class:`ccm.daemon.RedactingSource`), three requests per token. Measured after 10 and after 10,000 rotations:
+(:class:`ccm.tenant.services.RedactingSource`), three requests per token. Measured after 10 and after 10,000 rotations:
 the redactor's memory (tracemalloc, bytes allocated since it was created) and the time to redact one ordinary
 log line. The reference is a redactor that keeps every token (what it did before issue 14), measured in the same
 run, so the figures are ratios on this noisy shared machine.
@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ccm.daemon import RedactingSource
 from ccm.logging import Redactor
+from ccm.tenant.services import RedactingSource
 from credentials.base import Credential, Identity
 
 #: An ordinary line (no word that makes the pattern pass run): the cost is the scan for known secrets.

@@ -8,8 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.fleetreport import fleet_section_for_main_report
+from bench.reporting import GOAL_BYTES_PER_NODE
+from bench.reporting import fmt as _fmt
+from bench.reporting import met as _met
+from bench.reporting import store_slope as _store_slope
+
 ANALYSIS_PATH = Path(__file__).resolve().parent / "analysis.md"
-GOAL_BYTES_PER_NODE = 3 * 1024
 TOKEN_REFRESH_MARGIN_S = 120.0  # ccm.config default: refresh this long before expiry, capped at 25% of lifetime
 HANDFUL = 5
 
@@ -22,20 +27,6 @@ def _expected_exchanges(uptime: float, lifetime: float) -> int:
     """Token exchanges one process needs in ``uptime`` s: one, plus one per refresh interval elapsed."""
     refresh_every = lifetime - min(TOKEN_REFRESH_MARGIN_S, 0.25 * lifetime)
     return 1 + math.floor(uptime / refresh_every) if refresh_every > 0 else 1
-
-
-def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "—"
-        text = f"{int(value):,}" if value.is_integer() and abs(value) >= 10 else f"{value:,.{digits}f}"
-    elif isinstance(value, int):
-        text = f"{value:,}"
-    else:
-        text = str(value)
-    return f"{text}{unit}"
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,10 +110,6 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("idle CPU under 1% of a core", f"N={n:,}", _fmt(pct, " %", 3), pct is not None and pct < 1.0,
             f"production periods, {_fmt(idle.get('window_s'), ' s', 0)} after the burst")
     return out
-
-
-def _met(value: bool | None) -> str:
-    return "—" if value is None else ("✅ met" if value else "❌ missed")
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -238,13 +225,6 @@ def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str
                      + f" over {cpu.get('_wall', 0):.1f} s wall.")
     lines.append("")
     return lines
-
-
-def _store_slope(store: list[dict[str, Any]]) -> float:
-    """RSS growth per additional held Node between the smallest and largest N of bench.nodestore."""
-    lo, hi = store[0], store[-1]
-    grown = (hi["rss_after_mib"] - hi["rss_before_mib"]) - (lo["rss_after_mib"] - lo["rss_before_mib"])
-    return float(grown * 1024 * 1024 / (hi["nodes"] - lo["nodes"]))
 
 
 def _memory_section(results: dict[str, Any], ours: dict[int, dict[str, Any]]) -> list[str]:
@@ -397,8 +377,6 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
             lines += _profile_section(r, phase, prof, docs_dir)
     if ANALYSIS_PATH.is_file():
         lines += [ANALYSIS_PATH.read_text().strip(), ""]
-    from bench.fleetreport import fleet_section_for_main_report  # imports this module
-
     lines += fleet_section_for_main_report(docs_dir)
     lines += ["## Method and caveats", "",
               "- Everything runs on one machine: the kube-apiserver (with etcd), the emulator, the daemon and the "

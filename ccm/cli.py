@@ -116,7 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ccm.doctor import run_doctor
 
             return asyncio.run(run_doctor(settings, redactor, output=output, all_tenants=all_tenants))
-        from ccm.daemon import run
+        if settings.mode == "fleet":
+            from ccm.fleet.process import run_fleet
+
+            return asyncio.run(run_fleet(settings, redactor))
+        from ccm.single.process import run
 
         return asyncio.run(run(settings, redactor))
     except ConfigError as exc:  # found while starting: an unusable kubeconfig

@@ -2,7 +2,7 @@
 CloudSigmaCluster in the management cluster (seed 000's diagram) and follows them while running.
 
 One :class:`~ccm.kube.informer.Informer` lists and watches exactly that object (a ``metadata.name`` field
-selector, so a Role with ``resourceNames`` suffices); :func:`ccm.fleet.tenants.parse_owner` reads it. A change of
+selector, so a Role with ``resourceNames`` suffices); :func:`ccm.clusters.tenants.parse_owner` reads it. A change of
 either value sets :attr:`ClusterRefFollower.changed`; the daemon then rebuilds its controllers with the new
 identity (new credentials, new cache), without a restart. An object that disappears or turns invalid keeps the
 last good identity (and says why): a half-done edit must not stop a working CCM.
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from ccm.fleet.clusterapi import clusters_path
-from ccm.fleet.discovery import slim_cluster
-from ccm.fleet.tenants import TenantError, parse_owner
+from ccm.clusters.clusterapi import clusters_path
+from ccm.clusters.tenants import TenantError, parse_owner, slim_cluster
 from ccm.kube.informer import Informer
 from ccm.kube.transport import JSON, KubeTransport
 

@@ -22,12 +22,21 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ccm.fleet.announce import check_fleet_name
 from ccm.shutdown import ShutdownBudget
 
 IMPERSONATION_STRATEGIES = ("keycloak-token-exchange", "cloudsigma-service-provider")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_FLEET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
+
+
+def check_fleet_name(fleet: str) -> str:
+    """``fleet`` if usable as a label value and Lease name prefix, else :class:`ValueError` saying what to use."""
+    if not _FLEET_NAME.fullmatch(fleet):
+        raise ValueError(f"fleet name {fleet[:64]!r} is not usable: use at most 32 lower-case letters, digits, '-'")
+    return fleet
+
+
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*"
                           r"(?:(\d+(?:\.\d+)?)ms)?\s*$")
 

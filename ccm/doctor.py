@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ccm.config import Settings
-from ccm.daemon import RedactingSource
 from ccm.kube.clients import api_client
 from ccm.kube.errors import KubeError
 from ccm.kube.fetching import list_nodes
@@ -25,6 +24,7 @@ from ccm.nodes.decide import plan_initialization, plan_resync
 from ccm.nodes.matching import MatchKind, describe_candidates, match_server
 from ccm.nodes.view import node_view
 from ccm.servercache import ServerSnapshot
+from ccm.tenant.services import RedactingSource
 from cloudsigma.client import CloudSigmaClient, RetryPolicy
 from cloudsigma.errors import CloudSigmaError
 from credentials.base import Credential, CredentialError, NoCredential
@@ -237,9 +237,9 @@ def render_table(checks: list[Check]) -> str:
 async def run_all_tenants_doctor(settings: Settings, redactor: Redactor, *, output: str = "table") -> int:
     """``doctor --all-tenants`` (and ``doctor`` in fleet mode): every tenant of the fleet, from the management
     cluster. Exit 1 when a tenant cannot be served, has no live owner, or its credentials or controllers fail."""
-    from ccm.daemon import kube_client, lease_namespace
     from ccm.fleet.doctor import run_all_tenants
     from ccm.kube.permissions import fleet
+    from ccm.process.lifetime import kube_client, lease_namespace
 
     namespace = lease_namespace(settings)
     management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
@@ -257,11 +257,11 @@ async def run_all_tenants_doctor(settings: Settings, redactor: Redactor, *, outp
 
 async def _with_cluster_ref(settings: Settings) -> Settings:
     """``--cluster-ref``: the owner email and region as the CloudSigmaCluster says now."""
-    from ccm.daemon import kube_client
-    from ccm.fleet.clusterapi import clusters_path
-    from ccm.fleet.tenants import parse_owner
+    from ccm.clusters.clusterapi import clusters_path
+    from ccm.clusters.tenants import parse_owner
     from ccm.kube.informer import list_all
     from ccm.kube.permissions import cluster_ref
+    from ccm.process.lifetime import kube_client
 
     parts = settings.cluster_ref_parts
     if parts is None:

@@ -18,13 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ccm.cloudlabels.hostgroups import group_id
+from ccm.nodes.labels import CLOUD_LABEL_PREFIX, MANAGED_LABELS_ANNOTATION
 from cloudsigma.models import Server
 
-PREFIX = "node.cloudsigma.com/"
+PREFIX = CLOUD_LABEL_PREFIX
 META_PREFIX = PREFIX + "meta."
 TAG_PREFIX = PREFIX + "tag."
 HOST_GROUP = PREFIX + "host-group"
-MANAGED_ANNOTATION = PREFIX + "managed-labels"
+MANAGED_ANNOTATION = MANAGED_LABELS_ANNOTATION
 TAG_VALUE = "true"
 
 META, TAG, HOST = "meta", "tag", "host-group"

@@ -52,5 +52,13 @@ class CloudLabels:
                         reason="the node already has this label and the CCM did not set it: it is never "
                                "changed (remove it to let the CCM manage it)")
 
+    def change_for(self, view: NodeView, server: Server, snapshot: ServerSnapshot) -> LabelChange:
+        """The change that keeps ``view``'s cloud labels in sync with ``server`` (what the node reconciler asks,
+        :class:`ccm.nodes.reconcile.LabelKeeper`); skipped keys and foreign labels are reported once."""
+        desired = self.desired(server, snapshot)
+        change = self.change(view, desired)
+        self.report(view.name, server.uuid, desired, change)
+        return change
+
     def forget(self, node: str) -> None:
         self._reported.pop(node, None)

@@ -34,10 +34,10 @@ from ccm.kube.errors import Conflict, Forbidden, KubeNotFound
 from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.informer import Informer, LogEvents
 from ccm.kube.transport import JSON, KubeTransport
-from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.matching import MatchKind, match_server
 from ccm.nodes.view import NodeView
+from ccm.nodes.watching import NodeWatcher
 from ccm.servercache import ServerCache, ServerSnapshot
 from ccm.workqueue import Next, WorkQueue, run_worker
 from cloudsigma.addresses import server_addresses

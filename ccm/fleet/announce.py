@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from ccm.config import check_fleet_name
 from ccm.kube.errors import KubeError, KubeNotFound
 from ccm.kube.transport import JSON, KubeTransport
 
@@ -39,16 +40,6 @@ def leases_path(namespace: str) -> str:
 def lease_time(now: datetime | None = None) -> str:
     """A Lease's MicroTime (``acquireTime``/``renewTime``): RFC 3339 in UTC with microseconds."""
     return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-_LABEL_VALUE = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
-
-
-def check_fleet_name(fleet: str) -> str:
-    """``fleet`` if usable as a label value and Lease name prefix, else :class:`ValueError` saying what to use."""
-    if not _LABEL_VALUE.fullmatch(fleet):
-        raise ValueError(f"fleet name {fleet[:64]!r} is not usable: use at most 32 lower-case letters, digits, '-'")
-    return fleet
 
 
 def member_lease_name(fleet: str, identity: str) -> str:

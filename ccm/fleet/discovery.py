@@ -32,14 +32,14 @@ from typing import Any
 
 import structlog
 
-from ccm.fleet.clusterapi import (
+from ccm.clusters.clusterapi import (
     CLUSTER_NAME_LABEL,
     KUBECONFIG_SECRET_KEY,
     KUBECONFIG_SECRET_SUFFIX,
     clusters_path,
     secrets_path,
 )
-from ccm.fleet.tenants import (
+from ccm.clusters.tenants import (
     ClusterNotAdopted,
     KubeconfigMissing,
     TenantError,
@@ -47,6 +47,7 @@ from ccm.fleet.tenants import (
     changed_fields,
     parse_cluster,
     parse_kubeconfig_secret,
+    slim_cluster,
     tenant_spec,
 )
 from ccm.kube.informer import Informer
@@ -98,20 +99,6 @@ TenantHandler = Callable[[TenantEvent], Awaitable[None] | None]
 
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def slim_cluster(obj: JSON) -> JSON | None:
-    """Only what :func:`ccm.fleet.tenants.parse_cluster` reads (and the resourceVersion to tell versions apart)."""
-    meta = obj.get("metadata") or {}
-    labels = _mapping(meta.get("labels"))
-    spec = _mapping(obj.get("spec"))
-    kept_meta: dict[str, Any] = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
-    if CLUSTER_NAME_LABEL in labels:
-        kept_meta["labels"] = {CLUSTER_NAME_LABEL: labels[CLUSTER_NAME_LABEL]}
-    owners = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("kind") == "Cluster"]
-    if owners:
-        kept_meta["ownerReferences"] = [{k: ref.get(k) for k in ("apiVersion", "kind", "name")} for ref in owners]
-    return {"metadata": kept_meta, "spec": {k: spec[k] for k in ("region", "userEmail", "userRef") if k in spec}}
 
 
 def slim_secret(obj: JSON) -> JSON | None:

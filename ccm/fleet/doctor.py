@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ccm.clusters.clusterapi import clusters_path, secrets_path
+from ccm.clusters.tenants import TenantError, slim_cluster
 from ccm.config import Settings
 from ccm.fleet.announce import FLEET_LABEL, leases_path
-from ccm.fleet.clusterapi import clusters_path, secrets_path
-from ccm.fleet.discovery import NAMESPACES, desired_tenant, slim_cluster, slim_secret
+from ccm.fleet.discovery import NAMESPACES, desired_tenant, slim_secret
 from ccm.fleet.manager import STATUS_ANNOTATION, TENANT_LEASE_LABEL, tenant_lease_name
-from ccm.fleet.tenants import TenantError
 from ccm.kube.errors import KubeError
 from ccm.kube.informer import list_all, object_key
 from ccm.kube.transport import JSON, KubeTransport

@@ -32,8 +32,8 @@ from typing import Any
 
 import structlog
 
+from ccm.clusters.tenants import TenantSpec
 from ccm.config import Settings
-from ccm.daemon import Services
 from ccm.fencing import Fence
 from ccm.fleet.announce import leases_path
 from ccm.fleet.discovery import DiscoveryOptions, TenantDiscovery, TenantEvent, TenantEventType
@@ -41,13 +41,13 @@ from ccm.fleet.membership import Membership, MembershipOptions
 from ccm.fleet.runtime import TenantRuntime, credential_state
 from ccm.fleet.sharding import assign, capacity
 from ccm.fleet.shared import CredentialUsers
-from ccm.fleet.tenants import TenantSpec
 from ccm.kube.errors import Conflict, KubeError, KubeNotFound
 from ccm.kube.informer import Informer
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.leader import LeaderLost, LeaseElector
 from ccm.shutdown import LEASE_RELEASE_TIMEOUT
 from ccm.supervisor import cancel_and_wait
+from ccm.tenant.services import Services
 
 __all__ = ["FleetManager", "TenantSlot", "discovery_options", "membership_options", "tenant_lease_name"]
 

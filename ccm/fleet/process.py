@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import structlog
 
-from ccm.allocator import return_large_buffers
 from ccm.config import Settings
-from ccm.daemon import kube_client, lease_namespace, serve_health
 from ccm.fleet.manager import FleetManager
 from ccm.fleet.shared import fleet_services
 from ccm.health import HealthState
@@ -27,6 +24,8 @@ from ccm.kube.transport import KubeTransport
 from ccm.leader import default_identity
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
+from ccm.process.allocator import return_large_buffers
+from ccm.process.lifetime import kube_client, lease_namespace, serve_health, stop_on_signals
 from ccm.shutdown import EXIT_MARGIN, LEASE_RELEASE_TIMEOUT, ShutdownBudget
 from ccm.supervisor import Supervisor
 
@@ -55,10 +54,7 @@ async def run_fleet(settings: Settings, redactor: Redactor) -> int:
     health = HealthState(leading=True)
     health.credentials, health.redact, health.tenants = services.chain.status, redactor.redact_text, manager.view
     supervisor = Supervisor()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
 
     async def mark_ready() -> None:
         for event in (manager.discovery.synced, manager.membership.synced, manager.leases.synced):

@@ -26,16 +26,17 @@ from typing import Any
 
 import structlog
 
+from ccm.clusters.tenants import TenantSpec, kubeconfig_dict
 from ccm.config import Settings
-from ccm.daemon import Components, Services, TenantIdentity, build_tenant, run_controllers
 from ccm.fencing import Fence, Fenced
 from ccm.fleet.shared import CredentialUsers
-from ccm.fleet.tenants import TenantSpec, kubeconfig_dict
 from ccm.kube.clients import KubeconfigError, api_client_from_dict
 from ccm.kube.errors import Conflict, KubeError
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.metrics import Metrics
 from ccm.supervisor import cancel_and_wait
+from ccm.tenant.controllers import Components, TenantIdentity, build_tenant, run_controllers
+from ccm.tenant.services import Services
 from cloudsigma.client import USER_AGENT
 
 __all__ = ["TenantRuntime", "TenantTransport", "credential_state", "tenant_connections"]

@@ -1,7 +1,7 @@
 """What the tenants of one fleet replica share, and what each of them must not keep after it is gone.
 
-- One credential chain (:func:`ccm.daemon.build_services`): one identity-provider client and one token cache keyed
-  by (user, region, provider), so two clusters of one owner in one region share a token.
+- One credential chain (:func:`ccm.tenant.services.build_services`): one identity-provider client and one token
+  cache keyed by (user, region, provider), so two clusters of one owner in one region share a token.
 - One aiohttp session for every tenant's CloudSigma client: one connection pool per CloudSigma endpoint.
 - One request budget per region (:class:`~ccm.fleet.budget.FairBudget`), fair across tenants.
 - One metrics registry: each tenant gets its ``cluster``-labelled view, removed with the tenant.
@@ -19,10 +19,10 @@ import aiohttp
 import structlog
 
 from ccm.config import Settings
-from ccm.daemon import Services, build_services
 from ccm.fleet.budget import FairBudget
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
+from ccm.tenant.services import Services, build_services
 from cloudsigma.client import USER_AGENT
 from credentials.cache import CacheKey
 
@@ -31,7 +31,7 @@ __all__ = ["CredentialUsers", "fleet_services"]
 log = structlog.get_logger(__name__)
 
 CredentialsKey = tuple[str, str]
-"""(lower-cased user email, region): see :attr:`ccm.fleet.tenants.TenantSpec.credentials_key`."""
+"""(lower-cased user email, region): see :attr:`ccm.clusters.tenants.TenantSpec.credentials_key`."""
 
 
 def fleet_services(settings: Settings, redactor: Redactor, metrics: Metrics) -> Services:

@@ -58,7 +58,7 @@ async def _client_for(kubeconfig: Kubeconfig) -> ApiClient:
 async def api_client_from_dict(document: dict[str, Any], *, source: str, user_agent: str | None = None,
                                max_connections: int | None = None) -> ApiClient:
     """An ApiClient for a kubeconfig held in memory (a tenant's Cluster API Secret in fleet mode), already checked
-    to be self-contained (:func:`ccm.fleet.tenants.parse_kubeconfig`: inline credentials, no files, no plugins).
+    to be self-contained (:func:`ccm.clusters.tenants.parse_kubeconfig`: inline credentials, no files, no plugins).
     The library writes inline certificates to temporary files of its own. ``max_connections`` caps its pool (the
     library's default is 100). Problems are a one-line :class:`KubeconfigError` naming ``source`` (e.g. the
     Secret), never the content."""

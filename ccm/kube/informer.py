@@ -16,7 +16,7 @@ watch.
 write is no news and a reconcile right after it reads the current object; observers hear of those writes,
 whose watch events handlers never see.
 
-:class:`Informer` stores the API's JSON (optionally slimmed); :class:`ccm.kube.watching.NodeWatcher` stores
+:class:`Informer` stores the API's JSON (optionally slimmed); :class:`ccm.nodes.watching.NodeWatcher` stores
 compact Node records.
 """
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 #: cluster-scoped objects conventionally go to "default", as the kubelet's and upstream controllers' do).
 EVENTS_NAMESPACE = "default"
 LEASES_GROUP = "coordination.k8s.io"
-#: The Cluster API infrastructure provider's group (CloudSigmaCluster, see ccm/fleet/clusterapi.py).
+#: The Cluster API infrastructure provider's group (CloudSigmaCluster, see ccm/clusters/clusterapi.py).
 CLUSTERAPI_GROUP = "infrastructure.cluster.x-k8s.io"
 CERTIFICATES_GROUP = "certificates.k8s.io"
 KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
@@ -60,7 +60,7 @@ class Permission:
 
 TENANT: tuple[Permission, ...] = (
     Permission("list", "nodes"),  # ccm/kube/fetching.py list_nodes (initial list, relist after 410)
-    Permission("watch", "nodes"),  # ccm/kube/watching.py
+    Permission("watch", "nodes"),  # ccm/nodes/watching.py
     Permission("get", "nodes"),  # ccm/kube/fetching.py get_node (fresh read before a decision)
     Permission("patch", "nodes"),  # ccm/kube/patching.py patch_node: providerID, labels, taints
     Permission("patch", "nodes", "status"),  # ccm/kube/patching.py replace_addresses

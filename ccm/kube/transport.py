@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
@@ -18,10 +18,17 @@ from ccm.kube.errors import KubeError, KubeUnavailable, error_for
 from ccm.kube.permissions import Permission, check, request_of
 
 if TYPE_CHECKING:
-    from ccm.fencing import Fence
     from ccm.kube.clients import KubeconfigClient
 
 JSON = dict[str, Any]
+
+
+class WriteFence(Protocol):
+    """What a write asks first (:class:`ccm.fencing.Fence`, which lives above this layer): a context around one
+    write that refuses it, or cancels it in flight, with a :class:`~ccm.kube.errors.KubeError` once this process
+    may no longer write."""
+
+    def writing(self, method: str, path: str) -> contextlib.AbstractAsyncContextManager[object]: ...
 
 
 def _kind(path: str) -> str:
@@ -44,7 +51,7 @@ class KubeTransport:
     """
 
     def __init__(self, api_client: ApiClient | KubeconfigClient, *, timeout: float = 30.0,
-                 on_write: Callable[[str, str], None] | None = None, fence: Fence | None = None,
+                 on_write: Callable[[str, str], None] | None = None, fence: WriteFence | None = None,
                  permissions: Sequence[Permission] | None = None) -> None:
         self.api_client = api_client
         self.timeout = timeout

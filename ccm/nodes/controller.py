@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.reconcile import NodeReconciler, Result
 from ccm.nodes.view import NodeView
+from ccm.nodes.watching import NodeWatcher
 from ccm.workqueue import Next, WorkQueue, run_worker
 
 log = structlog.get_logger(__name__)

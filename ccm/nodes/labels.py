@@ -20,6 +20,11 @@ REGION_BETA = "failure-domain.beta.kubernetes.io/region"
 ZONE = "topology.kubernetes.io/zone"
 ZONE_BETA = "failure-domain.beta.kubernetes.io/zone"
 
+CLOUD_LABEL_PREFIX = "node.cloudsigma.com/"
+"""Prefix of the cloud labels (:mod:`ccm.cloudlabels`): the node record keeps every label under it."""
+MANAGED_LABELS_ANNOTATION = CLOUD_LABEL_PREFIX + "managed-labels"
+"""The cloud labels the CCM set on a node, comma-separated (:mod:`ccm.cloudlabels`): read by the node record."""
+
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 

@@ -10,15 +10,14 @@ but never per-attempt values: request ids stay in the log line and in the Event'
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from ccm.cloudlabels.sync import CloudLabels
 from ccm.kube.errors import KubeError
 from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.transport import JSON
@@ -37,6 +36,26 @@ from cloudsigma.models import Server
 from credentials.base import CredentialError
 
 log = structlog.get_logger(__name__)
+
+
+class LabelPatch(Protocol):
+    """Labels and annotations to merge into the node's patch (None: remove the key)."""
+
+    @property
+    def labels(self) -> Mapping[str, str | None]: ...
+
+    @property
+    def annotations(self) -> Mapping[str, str | None]: ...
+
+
+class LabelKeeper(Protocol):
+    """Labels a feature controller keeps on each node, written in the node reconciler's own patch: the cloud labels
+    (:class:`ccm.cloudlabels.sync.CloudLabels`, handed in by the tenant runtime). The one seam through which the
+    reconciler asks a controller above it; it only answers, it never calls back."""
+
+    def change_for(self, view: NodeView, server: Server, snapshot: ServerSnapshot) -> LabelPatch: ...
+
+    def forget(self, node: str) -> None: ...
 
 
 class Result(Enum):
@@ -93,7 +112,7 @@ class NodeReconciler:
         events: EventRecorder,
         metrics: Metrics,
         settings: ReconcileSettings,
-        labels: CloudLabels | None = None,
+        labels: LabelKeeper | None = None,
         account: AccountMonitor | None = None,
     ) -> None:
         self._store = store
@@ -269,9 +288,7 @@ class NodeReconciler:
         """``plan`` plus the change that keeps the node's cloud labels in sync with ``server`` (same patch)."""
         if self._labels is None:
             return plan
-        desired = self._labels.desired(server, snapshot)
-        change = self._labels.change(view, desired)
-        self._labels.report(view.name, server.uuid, desired, change)
+        change = self._labels.change_for(view, server, snapshot)
         return with_label_change(plan, change.labels, change.annotations)
 
     @staticmethod

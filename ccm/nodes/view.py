@@ -30,9 +30,16 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from ccm.cloudlabels.decide import MANAGED_ANNOTATION
-from ccm.cloudlabels.decide import PREFIX as CLOUD_LABEL_PREFIX
-from ccm.nodes.labels import INSTANCE_TYPE, INSTANCE_TYPE_BETA, REGION, REGION_BETA, ZONE, ZONE_BETA
+from ccm.nodes.labels import (
+    CLOUD_LABEL_PREFIX,
+    INSTANCE_TYPE,
+    INSTANCE_TYPE_BETA,
+    MANAGED_LABELS_ANNOTATION,
+    REGION,
+    REGION_BETA,
+    ZONE,
+    ZONE_BETA,
+)
 
 UNINITIALIZED_TAINT = "node.cloudprovider.kubernetes.io/uninitialized"
 SHUTDOWN_TAINT = "node.cloudprovider.kubernetes.io/shutdown"
@@ -43,7 +50,7 @@ KEPT_LABELS = frozenset({INSTANCE_TYPE, INSTANCE_TYPE_BETA, REGION, REGION_BETA,
 #: Every label under this prefix is kept (the cloud labels, ours or someone else's).
 KEPT_LABEL_PREFIX = CLOUD_LABEL_PREFIX
 #: Annotations read by the decisions.
-KEPT_ANNOTATIONS = frozenset({PROVIDED_NODE_IP, MANAGED_ANNOTATION})
+KEPT_ANNOTATIONS = frozenset({PROVIDED_NODE_IP, MANAGED_LABELS_ANNOTATION})
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 

@@ -12,10 +12,11 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.config import load_settings
-from ccm.daemon import Components, build, run_controllers
 from ccm.kube.fetching import get_node
 from ccm.kube.transport import KubeTransport
 from ccm.logging import Redactor
+from ccm.single.process import build
+from ccm.tenant.controllers import Components, run_controllers
 from tests.emulator import EmulatorServer, EmulatorState
 
 ALICE, BOB = "alice@example.com", "bob@example.com"

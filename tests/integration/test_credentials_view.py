@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ccm.config import load_settings
-from ccm.daemon import RedactingSource
 from ccm.doctor import collect
 from ccm.health import HealthState, create_app
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
+from ccm.tenant.services import RedactingSource
 from cloudsigma.client import CloudSigmaClient
 from credentials.factory import build_chain
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic

@@ -16,11 +16,17 @@ import pytest
 import structlog
 from kubernetes_asyncio.config import new_client_from_config_dict
 
+from ccm.clusters.tenants import (
+    ClusterNotAdopted,
+    InvalidCluster,
+    InvalidKubeconfig,
+    KubeconfigMissing,
+    kubeconfig_dict,
+)
 from ccm.fleet.announce import FLEET_LABEL, Announcer, leases_path
 from ccm.fleet.discovery import DiscoveryOptions, TenantDiscovery, TenantEvent
 from ccm.fleet.membership import Membership, MembershipOptions
 from ccm.fleet.sharding import assign
-from ccm.fleet.tenants import ClusterNotAdopted, InvalidCluster, InvalidKubeconfig, KubeconfigMissing, kubeconfig_dict
 from ccm.kube.errors import KubeNotFound
 from ccm.kube.transport import KubeTransport
 from tests.realenv.fleet import (

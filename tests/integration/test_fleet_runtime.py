@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from ccm.clusters.tenants import TenantSpec
 from ccm.config import load_settings
 from ccm.fencing import Fence
 from ccm.fleet.runtime import TenantRuntime, tenant_connections
 from ccm.fleet.shared import CredentialUsers, fleet_services
-from ccm.fleet.tenants import TenantSpec
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
 from credentials.cache import CacheKey

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ccm.fleet.clusterapi import (
+from ccm.clusters.clusterapi import (
     CLUSTER_NAME_LABEL,
     GROUP,
     KIND,

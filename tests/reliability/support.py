@@ -22,12 +22,13 @@ import structlog
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ccm.config import load_settings
-from ccm.daemon import Components, build, run_controllers, secrets_of
+from ccm.config import load_settings, secrets_of
 from ccm.kube.errors import KubeError, KubeNotFound
 from ccm.kube.transport import KubeTransport
 from ccm.logging import Redactor
 from ccm.nodes.labels import INSTANCE_TYPE, REGION, ZONE
+from ccm.single.process import build
+from ccm.tenant.controllers import Components, run_controllers
 from credentials.base import Credential
 from tests.emulator import EmulatorServer
 from tests.integration.harness import RunningCCM, ccm_settings, node_json, taint_keys

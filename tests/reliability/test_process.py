@@ -155,7 +155,7 @@ async def test_sigterm_during_a_burst_then_restart(world: EmulatorState, emulato
     lost = await missing(kube_api, names)
     registry.lost(len(lost))
     assert not lost
-    # "SIGTERM/SIGINT stop taking work, let in-flight reconciles finish" (ccm/daemon.py): at most one per worker
+    # "SIGTERM/SIGINT stop taking work, let in-flight reconciles finish" (ccm/single/process.py): at most one per worker
     assert len(after) <= WORKERS, (f"{len(after)} nodes reconciled after SIGTERM with {WORKERS} workers: the "
                                    f"queue was drained instead of stopping: {after}")
     assert untouched

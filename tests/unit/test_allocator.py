@@ -1,4 +1,4 @@
-"""Large freed buffers go back to the OS once the fleet pins the allocator's threshold (ccm/allocator.py).
+"""Large freed buffers go back to the OS once the fleet pins the allocator's threshold (ccm/process/allocator.py).
 
 Run in child processes: the allocator setting is per process, and the test must not change its own."""
 
@@ -13,7 +13,7 @@ import pytest
 # freed: what the process keeps afterwards, in MiB.
 PROBE = """
 import sys
-from ccm.allocator import return_large_buffers
+from ccm.process.allocator import return_large_buffers
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
 if sys.argv[1] == "tuned" and not return_large_buffers():

@@ -13,16 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from ccm.fleet.discovery import (
-    TenantDiscovery,
-    TenantEvent,
-    TenantEventType,
-    desired_tenant,
-    slim_cluster,
-    slim_secret,
-    tenant_events,
-)
-from ccm.fleet.tenants import (
+from ccm.clusters.tenants import (
     ClusterNotAdopted,
     InvalidCluster,
     InvalidKubeconfig,
@@ -33,6 +24,15 @@ from ccm.fleet.tenants import (
     parse_cluster,
     parse_kubeconfig_secret,
     parse_tenant,
+)
+from ccm.fleet.discovery import (
+    TenantDiscovery,
+    TenantEvent,
+    TenantEventType,
+    desired_tenant,
+    slim_cluster,
+    slim_secret,
+    tenant_events,
 )
 from ccm.kube.transport import KubeTransport
 

@@ -20,7 +20,6 @@ from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.csr.decide import ServerLookup, address_claims, decide
 from ccm.csr.request import csr_view
 from ccm.kube.transport import KubeTransport
-from ccm.kube.watching import NodeWatcher
 from ccm.metrics import Metrics
 from ccm.nodes.account import expected_servers
 from ccm.nodes.controller import NodeController
@@ -40,6 +39,7 @@ from ccm.nodes.view import (
     node_view,
     parse_time,
 )
+from ccm.nodes.watching import NodeWatcher
 from ccm.servercache import ServerSnapshot, SnapshotExtras
 from cloudsigma.client import ServerList
 from cloudsigma.models import Server

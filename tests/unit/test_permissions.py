@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from ccm.clusterref import ClusterRefFollower
+from ccm.clusters.clusterapi import clusters_path, secrets_path
 from ccm.csr.apply import CSRS, get_csr, write_condition
 from ccm.fleet.announce import Announcer, leases_path
-from ccm.fleet.clusterapi import clusters_path, secrets_path
 from ccm.fleet.discovery import DiscoveryOptions, TenantDiscovery
 from ccm.fleet.manager import tenant_lease_name
 from ccm.kube.events import EventRecorder, ObjectEvent
@@ -41,8 +41,8 @@ from ccm.kube.permissions import (
     request_of,
 )
 from ccm.kube.transport import KubeTransport
-from ccm.kube.watching import NodeWatcher
 from ccm.leader import LeaseElector
+from ccm.nodes.watching import NodeWatcher
 
 NODE = {"metadata": {"name": "n1", "uid": "u1", "resourceVersion": "7"}}
 LEASE_NS, LEASE_NAME = "tenant-ns", "cloudsigma-ccm"

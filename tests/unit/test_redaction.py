@@ -10,8 +10,8 @@ import tracemalloc
 import structlog
 from pydantic import SecretStr
 
-from ccm.daemon import RedactingSource
 from ccm.logging import REDACTED, Redactor, configure_logging
+from ccm.tenant.services import RedactingSource
 from credentials.base import Credential, Identity
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"

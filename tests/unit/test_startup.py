@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-import ccm.daemon
+import ccm.single.process
 from ccm.cli import main
 from ccm.config import Settings
 from ccm.kube.kubeconfig import KubeconfigError, parse_kubeconfig
@@ -57,7 +57,7 @@ def test_secret_flags_keep_working_but_warn(clean_env: Path, monkeypatch: pytest
         seen.append(settings)
         return 0
 
-    monkeypatch.setattr(ccm.daemon, "run", fake_run)
+    monkeypatch.setattr(ccm.single.process, "run", fake_run)
     assert main(_args(clean_env, f"--password={PASSWORD}")) == 0
     assert seen and seen[0].password is not None and seen[0].password.get_secret_value() == PASSWORD
     err = capsys.readouterr().err
@@ -72,7 +72,7 @@ def test_secrets_from_the_environment_do_not_warn(clean_env: Path, monkeypatch: 
     async def fake_run(settings: Settings, redactor: Any) -> int:
         return 0
 
-    monkeypatch.setattr(ccm.daemon, "run", fake_run)
+    monkeypatch.setattr(ccm.single.process, "run", fake_run)
     monkeypatch.setenv("CLOUDSIGMA_PASSWORD", PASSWORD)
     assert main(_args(clean_env)) == 0
     assert "secret_on_command_line" not in capsys.readouterr().err
@@ -83,7 +83,7 @@ def test_an_exception_escaping_start_up_is_one_redacted_line(clean_env: Path, mo
     async def exploding_run(settings: Settings, redactor: Any) -> int:
         raise RuntimeError(f"could not start: server said password={PASSWORD} is wrong ({PASSWORD})")
 
-    monkeypatch.setattr(ccm.daemon, "run", exploding_run)
+    monkeypatch.setattr(ccm.single.process, "run", exploding_run)
     monkeypatch.setenv("CLOUDSIGMA_PASSWORD", PASSWORD)
     code = main(_args(clean_env))
     captured = capsys.readouterr()

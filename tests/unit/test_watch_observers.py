@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 from ccm.kube.transport import KubeTransport
-from ccm.kube.watching import NodeWatcher
 from ccm.nodes.view import NodeView, node_view
+from ccm.nodes.watching import NodeWatcher
 from tests.unit.factories import node
 
 

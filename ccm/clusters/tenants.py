@@ -1,6 +1,7 @@
-"""A tenant cluster as the fleet serves it, parsed from a CloudSigmaCluster and its kubeconfig Secret (pure).
+"""A tenant cluster as the management cluster describes it, parsed from a CloudSigmaCluster and its kubeconfig Secret
+(pure): the fleet serves each as a :class:`TenantSpec`, ``--cluster-ref`` follows :func:`parse_owner`.
 
-:func:`parse_cluster` reads the CloudSigmaCluster (see :mod:`ccm.fleet.clusterapi` for the field mapping),
+:func:`parse_cluster` reads the CloudSigmaCluster (see :mod:`ccm.clusters.clusterapi` for the field mapping),
 :func:`parse_kubeconfig_secret` the Cluster API kubeconfig Secret, and :func:`tenant_spec` joins both into a
 :class:`TenantSpec` (:func:`parse_tenant` does all three). Every refusal is a :class:`TenantError` subclass
 whose message is one line naming the object, the field and what to fix; none ever contains the kubeconfig or
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ccm.fleet.clusterapi import (
+from ccm.clusters.clusterapi import (
     CLUSTER_API_GROUP,
     CLUSTER_NAME_LABEL,
     KIND,
@@ -182,6 +183,24 @@ def parse_owner(obj: dict[str, Any]) -> tuple[str, str]:
         raise InvalidCluster(key, what, "spec.userEmail", f"{email[:254]!r} is not an email address",
                              "set it to the cluster owner's CloudSigma email")
     return email, region
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def slim_cluster(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Only what :func:`parse_cluster` reads (and the resourceVersion to tell versions apart)."""
+    meta = obj.get("metadata") or {}
+    labels = _dict(meta.get("labels"))
+    spec = _dict(obj.get("spec"))
+    kept_meta: dict[str, Any] = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
+    if CLUSTER_NAME_LABEL in labels:
+        kept_meta["labels"] = {CLUSTER_NAME_LABEL: labels[CLUSTER_NAME_LABEL]}
+    owners = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("kind") == "Cluster"]
+    if owners:
+        kept_meta["ownerReferences"] = [{k: ref.get(k) for k in ("apiVersion", "kind", "name")} for ref in owners]
+    return {"metadata": kept_meta, "spec": {k: spec[k] for k in ("region", "userEmail", "userRef") if k in spec}}
 
 
 def _cluster_name(meta: dict[str, Any], key: str, what: str) -> str:

@@ -1,0 +1,181 @@
+"""One tenant's controllers: built from the tenant's identity, its kube client and the process's shared services
+(:func:`build_tenant`), and run under one supervisor until cancelled or shut down (:func:`run_controllers`).
+
+This is the tenant runtime both process shapes share: the single-tenant process (:mod:`ccm.single.process`) runs one
+tenant on it, a fleet replica (:mod:`ccm.fleet`) one per tenant it serves. It builds the node controller, the
+lifecycle controller, the account monitor, the optional CSR approver and the cloud labels, and nothing else: no
+signals, no health server, no leader election (:mod:`ccm.process`). New per-tenant controllers are built in
+:func:`build_tenant` and started in :func:`run_controllers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from kubernetes_asyncio.client import ApiClient
+
+from ccm.cloudlabels.sources import LabelSources
+from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
+from ccm.cloudlabels.trigger import RelabelOnRefresh
+from ccm.config import Settings
+from ccm.csr.controller import CSRController
+from ccm.fencing import Fence
+from ccm.health import HealthState
+from ccm.kube.clients import KubeconfigClient
+from ccm.kube.events import EventRecorder
+from ccm.kube.permissions import TENANT, needed
+from ccm.kube.transport import KubeTransport
+from ccm.metrics import Metrics
+from ccm.nodes.account import AccountMonitor
+from ccm.nodes.apply import NodeApplier
+from ccm.nodes.controller import NodeController
+from ccm.nodes.lifecycle import LifecycleController
+from ccm.nodes.reconcile import NodeReconciler, ReconcileSettings
+from ccm.nodes.watching import NodeWatcher
+from ccm.servercache import ServerCache
+from ccm.supervisor import Supervisor
+from ccm.tenant.services import Services
+from cloudsigma.client import CloudSigmaClient, RetryPolicy
+from credentials.chain import CredentialChain
+
+__all__ = ["Components", "TenantIdentity", "build_tenant", "make_node_watcher", "run_controllers"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class TenantIdentity:
+    """Who a tenant's CloudSigma servers belong to and how it is named: what differs between tenants."""
+
+    cluster: str
+    """The ``cluster`` label of its metrics and log lines (``--cluster-name``; in fleet mode the tenant key)."""
+    user_email: str
+    region: str
+    zone: str
+    workers: int
+
+
+@dataclass
+class Components:
+    """One tenant's controllers and what they run on; built by :func:`build_tenant`."""
+
+    settings: Settings
+    metrics: Metrics
+    chain: CredentialChain
+    client: CloudSigmaClient
+    cache: ServerCache
+    tenant: ApiClient | KubeconfigClient
+    kube: KubeTransport
+    watcher: NodeWatcher
+    events: EventRecorder
+    controller: NodeController
+    lifecycle: LifecycleController
+    account: AccountMonitor | None = None
+    csr: CSRController | None = None
+    #: The shared services, when these components own them (single-tenant mode): closed with them.
+    services: Services | None = None
+
+    async def close(self) -> None:
+        await self.cache.close()
+        await self.client.close()
+        await self.tenant.close()
+        if self.services is not None:
+            await self.services.close()
+
+
+def make_node_watcher(kube: KubeTransport, settings: Settings, metrics: Metrics) -> NodeWatcher:
+    """The tenant's node store (list+watch of Nodes): the one place it is made, so it can be swapped."""
+    return NodeWatcher(kube, watch_timeout=settings.watch_timeout,
+                       on_restart=lambda reason: metrics.watch_restarts.labels(reason).inc())
+
+
+def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, identity: TenantIdentity, *,
+                 metrics: Metrics, fence: Fence | None = None,
+                 kube_factory: Callable[..., KubeTransport] = KubeTransport, kube_timeout: float = 30.0) -> Components:
+    """One tenant cluster's controllers on the shared ``services``: its CloudSigma client (acting as the tenant's
+    owner in its region), server snapshot, node watcher, node and lifecycle controllers, account monitor and the
+    optional CSR approver. With a ``fence``, every write to the tenant API is fenced by it (its Lease)."""
+    settings = services.settings
+    user = identity.user_email
+    client = CloudSigmaClient(
+        services.source, user_email=user, region=identity.region, timeout=settings.http_timeout,
+        retry=RetryPolicy(attempts=settings.api_retry_attempts), page_size=settings.api_page_size,
+        on_request=metrics.observe_request, session=services.session,
+        throttle=services.throttle(identity.region, identity.cluster) if services.throttle is not None else None,
+    )
+    label_policy = policy_from_settings(settings)
+    label_sources = LabelSources(client, label_policy)
+    cache = ServerCache(client, max_age=settings.server_cache_max_age,
+                        on_refresh=lambda _: metrics.snapshot_refreshes.inc(),
+                        extras=label_sources if label_sources.needed else None)
+    kube = kube_factory(tenant, timeout=kube_timeout, fence=fence,
+                        on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
+                        permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
+                                           csr_approval=settings.csr_approval != "off"))
+    watcher = make_node_watcher(kube, settings, metrics)
+    events = EventRecorder(kube, host=socket.gethostname())
+    applier = NodeApplier(kube)
+    account = AccountMonitor(nodes=lambda: watcher.store.values(), events=events, metrics=metrics, user_email=user,
+                             region=identity.region, request_refresh=cache.refresh_until)
+    reconciler = NodeReconciler(
+        store=lambda name: watcher.store.get(name), observe=watcher.observe, cache=cache, client=client,
+        applier=applier, events=events, metrics=metrics, account=account,
+        settings=ReconcileSettings(region=identity.region, zone=identity.zone, user_email=user,
+                                   cluster_name=identity.cluster,
+                                   use_system_uuid=settings.node_lookup_by_system_uuid,
+                                   lookup=settings.server_lookup),
+        labels=CloudLabels(label_policy),
+    )
+    controller = NodeController(watcher, reconciler, workers=identity.workers,
+                                resync_period=settings.node_status_update_frequency, metrics=metrics)
+    cache.add_recovery_listener(controller.cloud_is_back)
+    account.add_recovery_listener(controller.cloud_is_back)
+    # Cloud labels follow a changed server at the next snapshot refresh, not only at the node's next resync.
+    cache.add_refresh_listener(RelabelOnRefresh(label_policy, nodes=lambda: list(watcher.store.values()),
+                                                enqueue=controller.queue.add))
+    lifecycle = LifecycleController(
+        nodes=lambda: list(watcher.store.values()), kube=kube, cache=cache, client=client, applier=applier,
+        events=events, metrics=metrics, primary_provider=settings.credential_chain[0],
+        monitor_period=settings.node_monitor_period, grace_period=settings.node_deletion_grace_period,
+        deletion_enabled=settings.node_deletion_enabled, use_system_uuid=settings.node_lookup_by_system_uuid,
+        account=account,
+    )
+    csr = (CSRController(kube=kube, nodes=watcher, cache=cache, events=events, metrics=metrics,
+                         deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
+           if settings.csr_approval != "off" else None)
+    return Components(settings, metrics, services.chain, client, cache, tenant, kube, watcher, events, controller,
+                      lifecycle, account=account, csr=csr)
+
+
+async def run_controllers(parts: Components, health: HealthState | None = None) -> None:
+    """Watch, reconcile and monitor until cancelled or until the node controller is shut down.
+
+    The watcher, the lifecycle loop and the workers are supervised: if one ends unexpectedly this raises
+    :class:`TaskEnded` (after stopping the others) instead of carrying on half-alive."""
+
+    async def mark_synced() -> None:
+        await parts.watcher.synced.wait()
+        if health is not None:
+            health.synced = True
+        log.info("initial_node_sync_done", nodes=len(parts.watcher.store))
+
+    supervisor = Supervisor()
+    supervisor.start("node-watcher", parts.watcher.run())
+    supervisor.start("lifecycle", parts.lifecycle.run())
+    if parts.csr is not None:
+        supervisor.start("csr-approver", parts.csr.run())
+    supervisor.start("initial-sync", mark_synced(), may_finish=True)
+    workers = supervisor.start("node-workers", parts.controller.run(), may_finish=True)
+    failure = asyncio.ensure_future(supervisor.failure())
+    try:
+        await asyncio.wait({workers, failure}, return_when=asyncio.FIRST_COMPLETED)
+        if failure.done():
+            raise failure.result()
+        # The workers returned: the queue was shut down (SIGTERM). Anything else is over too.
+    finally:
+        failure.cancel()
+        await supervisor.stop()
