@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from ccm import cli
-from ccm.kube import watching
+from ccm.nodes import watching
 
 FAULTS = ("watcher-dies", "discovery-dies")
 
