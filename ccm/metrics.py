@@ -94,6 +94,12 @@ class MetricFamilies:
         self.credential_fallbacks = Counter("cloudsigma_ccm_credential_fallbacks_total",
                                             "Times the chain fell back past a provider.", ["provider", "reason"],
                                             registry=r)
+        self.credential_provider_active = Gauge(
+            "cloudsigma_ccm_credential_provider_active", "1 for the credential provider that served the most recent "
+            "credential, 0 for those that served one before (a fallback provider at 1: impersonation is failing).",
+            ["provider"], registry=r)
+        #: The providers with a series in credential_provider_active (the one at 1 and those set back to 0).
+        self.providers_served: set[str] = set()
         self.token_verifications = Counter(
             "cloudsigma_ccm_token_verifications_total", "Impersonated tokens checked before use, by result "
             "(verified, opaque, unverifiable, subject_mismatch, token_unknown_key, ...).", ["provider", "result"],
@@ -165,6 +171,7 @@ class Metrics:
         self.token_cache = f.token_cache
         self.credential_fallbacks = f.credential_fallbacks
         self.token_verifications = f.token_verifications
+        self.credential_provider_active = f.credential_provider_active
         self.subject_mismatches = f.subject_mismatches
 
     def for_cluster(self, cluster: str) -> Metrics:
@@ -183,13 +190,18 @@ class Metrics:
     def credential_event(self, event: str, provider: str) -> None:
         """Hook for the credential cache and chain: hit/miss/refresh/expired/coalesced/backoff (cache),
         stored/error (an acquisition's result), fallback:<reason> (the chain moved past a provider),
-        verify:<result> (an impersonated token was checked)."""
+        verify:<result> (an impersonated token was checked), active (``provider`` now serves the credentials)."""
         if event in ("hit", "miss", "refresh", "expired", "coalesced", "backoff"):
             self.token_cache.labels(event, provider).inc()
         elif event in ("stored", "error"):
             self.token_acquisitions.labels(provider, "success" if event == "stored" else "error").inc()
         elif event.startswith("fallback"):
             self.credential_fallbacks.labels(provider, event.partition(":")[2] or "error").inc()
+        elif event == "active":
+            for served in self.families.providers_served - {provider}:
+                self.credential_provider_active.labels(served).set(0)
+            self.families.providers_served.add(provider)
+            self.credential_provider_active.labels(provider).set(1)
         elif event.startswith("verify:"):
             result = event.partition(":")[2] or "error"
             self.token_verifications.labels(provider, result).inc()

@@ -360,6 +360,8 @@ class CredentialChain:
                            failures=episode.failures,
                            outage_seconds=round(max(0.0, self._clock() - episode.started_at), 1))
         self._exhausted.pop((email, region), None)
+        if self._active != name:
+            self._emit("active", name)
         self._active = name
         self._last_used[(email, region)] = name
 

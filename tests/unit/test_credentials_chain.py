@@ -512,3 +512,28 @@ def test_verification_results_are_metrics() -> None:
     assert ('cloudsigma_ccm_token_verifications_total{provider="keycloak-token-exchange",result="token_unknown_key"} '
             '1.0') in text
     assert 'cloudsigma_ccm_token_verifications_total{provider="keycloak-token-exchange",result="verified"} 1.0' in text
+
+
+async def test_the_active_provider_gauge_shows_the_fallback_in_use_and_the_recovery() -> None:
+    """cloudsigma_ccm_credential_provider_active: what the fallback alert (deploy/monitoring) watches."""
+    clock = Clock()
+    kc = FakeProvider("keycloak-token-exchange", clock)
+    pw = FakeProvider("password", clock, impersonated=False, lifetime=None)
+    metrics = Metrics()
+    chain = make_chain(kc, pw, clock=clock)
+    chain.on_event = metrics.credential_event
+
+    def active() -> dict[str, float | None]:
+        return {p: metrics.registry.get_sample_value("cloudsigma_ccm_credential_provider_active", {"provider": p})
+                for p in (kc.name, pw.name)}
+
+    await chain.get(USER, "next")
+    assert active() == {kc.name: 1.0, pw.name: None}
+    kc.error = CredentialUnavailable("Keycloak down", provider=kc.name, reason="timeout")
+    clock.advance(400)
+    assert (await chain.get(USER, "next")).identity.provider == "password"
+    assert active() == {kc.name: 0.0, pw.name: 1.0}
+    kc.error = None
+    clock.advance(400)
+    assert (await chain.get(USER, "next")).identity.provider == kc.name
+    assert active() == {kc.name: 1.0, pw.name: 0.0}
