@@ -17,10 +17,12 @@ $(VENV)/.installed: pyproject.toml requirements/dev.txt
 lock: setup
 	UPGRADE=$(UPGRADE) bash scripts/lock.sh
 
-## realenv: build the test kube-apiserver and kustomize (Go module proxy), fetch Keycloak (Maven Central); cached per machine
+## realenv: build the test kube-apiserver, kustomize, Helm and promtool (Go module proxy), fetch Keycloak (Maven Central); cached per machine
 realenv:
 	bash scripts/build-kube-apiserver.sh
 	bash scripts/build-kustomize.sh
+	bash scripts/build-helm.sh
+	bash scripts/build-promtool.sh
 	bash scripts/fetch-keycloak.sh
 
 ## image: build the container image with buildah on a base assembled from Debian packages (cached; see the script)
@@ -45,9 +47,11 @@ unit: setup
 demo: setup realenv
 	$(BIN)/python -m tests.demo
 
-## docs: regenerate README's settings table from ccm/config.py (a unit test fails while it is out of date)
+## docs: regenerate README's settings table from ccm/config.py and the chart README's values table from its
+## values.yaml (unit tests fail while either is out of date)
 docs: setup
 	$(BIN)/python -m ccm.docs
+	$(BIN)/python -m ccm.chartdocs
 
 ## reliability-doc: run the reliability suite and rewrite docs/reliability.md from it (tests never write it)
 reliability-doc: setup realenv
