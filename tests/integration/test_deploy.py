@@ -28,6 +28,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from ccm.kube import permissions
 from ccm.kube.permissions import EVENTS_NAMESPACE, leader_election
+from tests.realenv.helm import template
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.kustomize import render
@@ -482,3 +483,54 @@ async def test_fleet_manifests_validate_and_grant_what_the_fleet_uses(
         await sa.close()
         for obj in rbac:
             await delete(kube_api, obj)
+
+
+# ------------------------------------------------------------------------------------------------ the Helm chart
+
+
+EXAMPLES = REPO / "deploy" / "helm" / "examples"
+CHART_VARIANTS: dict[str, tuple[list[str], str]] = {  # values files (deploy/helm/examples), release namespace
+    "defaults": ([], NAMESPACE),
+    "example-tenant": (["example-tenant.yaml"], NAMESPACE),
+    "secretless": (["example-tenant.yaml", "secretless-example-tenant.yaml"], NAMESPACE),
+    "cluster-ref": (["cluster-ref-example-tenant.yaml"], NAMESPACE),
+    "one-replica-csr-approval": (["example-tenant.yaml"], NAMESPACE),
+    "fleet": (["fleet.yaml", "fleet-namespace-selector.yaml"], FLEET_NAMESPACE),
+    "tenant-rbac": (["tenant-rbac.yaml", "tenant-rbac-csr-approval.yaml"], "kube-system"),
+}
+
+
+@pytest.mark.usefixtures("no_tenant_rbac")
+@pytest.mark.parametrize("variant", list(CHART_VARIANTS))
+async def test_chart_renderings_pass_the_same_dry_run(kube_api: ApiClient, management_namespace: str,
+                                                      variant: str) -> None:
+    """What ``helm template`` renders (tests/realenv/helm.py: the real Helm v4) passes the strict server-side
+    dry-run the kustomize output passes, Pod Security "restricted" included; nothing is persisted but the
+    namespaces. (tests/unit/test_helm_chart.py proves the same objects equal deploy/'s.)"""
+    files, namespace = CHART_VARIANTS[variant]
+    extra = ["replicas=1", "csrApproval=approve"] if variant == "one-replica-csr-approval" else []
+    objects = template([EXAMPLES / f for f in files], namespace=namespace, set_values=extra)
+    assert objects
+    for obj in objects:
+        if obj["kind"] == "Namespace":
+            resp = await create(kube_api, obj, dry_run=False)
+            assert resp.status in (201, 409), resp
+            continue
+        if not RESOURCES[(obj["apiVersion"], obj["kind"])][2]:
+            await delete(kube_api, obj)  # cluster-scoped left-overs would turn the dry-run create into a 409
+        resp = await create(kube_api, obj, dry_run=True)
+        assert resp.status == 201, (obj["kind"], obj["metadata"]["name"], resp)
+        assert resp.warnings == [], (obj["kind"], resp.warnings)
+        assert contained(obj, resp.body), (obj["kind"], first_difference(obj, resp.body))
+        if obj["kind"] == "Deployment":
+            template_ = obj["spec"]["template"]
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "chart-pss", "namespace": namespace, "labels": template_["metadata"]["labels"]},
+                   "spec": template_["spec"]}
+            resp = await call(kube_api, "POST", f"/api/v1/namespaces/{namespace}/pods", body=pod,
+                              query=[("dryRun", "All"), ("fieldValidation", "Strict")])
+            assert resp.status == 201 and resp.warnings == [], resp
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            path = f"{collection_path(obj)}/{obj['metadata']['name']}"
+            assert (await call(kube_api, "GET", path)).status == 404, path
