@@ -193,7 +193,8 @@ async def _node_check(settings: Settings, node: dict[str, Any], snapshot: Server
     if match.kind is MatchKind.FOUND and match.server is not None:
         server = match.server
         plan = (plan_initialization(view, server, region=settings.region, zone=settings.effective_zone)
-                if view.uninitialized else plan_resync(view, server))
+                if view.uninitialized else plan_resync(view, server, region=settings.region,
+                                                       zone=settings.effective_zone))
         if plan.blocked:
             return Check("nodes", view.name, "fail", f"{state}; server {server.uuid} found by {match.via} but: "
                          f"{plan.blocked}")

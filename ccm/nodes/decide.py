@@ -1,9 +1,10 @@
 """Decide what a Node should look like, from its server. Pure functions: no I/O, no clock.
 
 :func:`plan_initialization` for nodes still carrying the uninitialized taint; :func:`plan_resync` for
-initialized ones (addresses only, upstream sets type/region/zone once); :func:`with_label_change` adds the
-cloud labels' change (:mod:`ccm.cloudlabels`) to either; :func:`plan_shutdown_taint` for the lifecycle
-controller. :mod:`ccm.nodes.apply` is the one place that writes a plan to the API.
+initialized ones (addresses, and type/region/zone labels only where missing: a node another CCM initialized);
+:func:`with_label_change` adds the cloud labels' change (:mod:`ccm.cloudlabels`) to either;
+:func:`plan_shutdown_taint` for the lifecycle controller. :mod:`ccm.nodes.apply` is the one place that writes a
+plan to the API.
 """
 
 from __future__ import annotations
@@ -99,23 +100,27 @@ def plan_initialization(node: NodeView, server: Server, *, region: str, zone: st
     return NodePlan(addresses=addresses, provider_id=provider_id, labels=labels, taints=taints, notes=tuple(notes))
 
 
-def plan_resync(node: NodeView, server: Server, *, ipv6: bool = True, known: ServerAddresses | None = None) -> NodePlan:
-    """Addresses of an initialized node (DHCP addresses change on reboot). Errors only reported."""
+def plan_resync(node: NodeView, server: Server, *, region: str = "", zone: str = "", ipv6: bool = True,
+                known: ServerAddresses | None = None) -> NodePlan:
+    """Addresses of an initialized node (DHCP addresses change on reboot), and the type/region/zone labels it
+    lacks: a node initialized by another CCM (the kube-dc one sets none) is adopted; an existing label is never
+    changed (add-only, as at initialization). Errors only reported."""
     known = server_addresses(server) if known is None else known
     try:
         decision = decide_addresses(node.name, known, node.addresses, provided_node_ip=node.provided_node_ip,
                                     ipv6=ipv6)
     except AddressError as exc:
         return _blocked(INVALID_NODE_ADDRESSES, str(exc))
+    labels: dict[str, str | None] = dict(labels_to_add(node.labels, desired_labels(server, region=region, zone=zone)))
     if server.status in SHUTDOWN_STATUSES and not known.all:
         # A stopped server's DHCP address is not in the API; keep what the node has rather than strip it.
-        return NodePlan(notes=("server stopped: addresses left as they are",))
+        return NodePlan(labels=labels, notes=("server stopped: addresses left as they are",))
     if not decision.has_ip and has_ip(node.addresses):
         # Never turn a node with an IP into one without: keep what it has until the server reports one.
-        return NodePlan(notes=("the server reports no IP address: addresses left as they are",))
+        return NodePlan(labels=labels, notes=("the server reports no IP address: addresses left as they are",))
     if same_addresses(decision.addresses, node.addresses, leading=decision.leading):
-        return NodePlan()
-    return NodePlan(addresses=decision.addresses)
+        return NodePlan(labels=labels)
+    return NodePlan(addresses=decision.addresses, labels=labels)
 
 
 def with_label_change(plan: NodePlan, labels: Mapping[str, str | None],

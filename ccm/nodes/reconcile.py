@@ -213,7 +213,8 @@ class NodeReconciler:
             plan = plan_initialization(view, target.server, region=self._s.region, zone=self._s.zone,
                                        ipv6=self._s.ipv6, known=known)
         else:
-            plan = plan_resync(view, target.server, ipv6=self._s.ipv6, known=known)
+            plan = plan_resync(view, target.server, region=self._s.region, zone=self._s.zone, ipv6=self._s.ipv6,
+                               known=known)
         return self._with_cloud_labels(view, target.server, target.snapshot, plan)
 
     async def _rematch(self, fresh: NodeView, target: _Target) -> _Target | None:

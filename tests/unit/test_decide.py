@@ -10,6 +10,9 @@ from ccm.servercache import ServerSnapshot
 from cloudsigma.client import ServerList
 from tests.unit.factories import UUID1, UUID2, dhcp_nic, node, server, static_nic, vlan_nic
 
+#: The labels this CCM gave the servers' nodes at initialization (resync adds them where missing).
+LABELED = desired_labels(server(), region="", zone="")
+
 
 def test_initialization_plan_sets_everything() -> None:
     view = node_view(node("node-1"))
@@ -43,16 +46,34 @@ def test_invalid_provided_node_ip_blocks_initialization() -> None:
 
 def test_resync_writes_nothing_when_unchanged_and_picks_up_new_dhcp_ip() -> None:
     current = [("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
-    view = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=current))
+    view = node_view(node(tainted=False, labels=LABELED, provider_id=f"cloudsigma://{UUID1}", addresses=current))
     assert plan_resync(view, server()).empty
     moved = plan_resync(view, server(nics=[dhcp_nic("94.26.101.150")]))
     assert moved.addresses is not None
     assert {a.address for a in moved.addresses} == {"94.26.101.150", "node-1"}
 
 
+def test_resync_adopts_a_node_another_ccm_initialized() -> None:
+    """The kube-dc CCM's Nodes: providerID set, no taint, no addresses, no type/region/zone labels. Resync adds
+    the addresses and the labels, and never changes a label the node has."""
+    view = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=[],
+                          labels={ZONE: "operator-zone"}))
+    plan = plan_resync(view, server(), region="zrh", zone="zrh")
+    assert plan.addresses is not None
+    assert ("ExternalIP", "94.26.101.149") in {(a.type, a.address) for a in plan.addresses}
+    assert plan.labels[INSTANCE_TYPE] == "2c-4000mhz-4096mib" and plan.labels[REGION] == "zrh"
+    assert ZONE not in plan.labels
+    assert plan.provider_id is None and plan.taints is None
+    labels = {k: v for k, v in plan.labels.items() if v is not None}
+    adopted = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}",
+                             labels={**labels, ZONE: "operator-zone"},
+                             addresses=[(a.type, a.address) for a in plan.addresses]))
+    assert plan_resync(adopted, server(), region="zrh", zone="zrh").empty  # once adopted, nothing more to write
+
+
 def test_resync_keeps_addresses_of_stopped_server() -> None:
     current = [("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
-    view = node_view(node(tainted=False, addresses=current))
+    view = node_view(node(tainted=False, labels=LABELED, addresses=current))
     assert plan_resync(view, server(nics=[dhcp_nic(None)], status="stopped")).empty
 
 
@@ -124,7 +145,7 @@ def test_no_taint_removal_without_an_ip_address() -> None:
 
 def test_resync_never_takes_the_last_ip_away() -> None:
     current = [("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
-    view = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=current))
+    view = node_view(node(tainted=False, labels=LABELED, provider_id=f"cloudsigma://{UUID1}", addresses=current))
     # running, but the API reports no usable address (bad data): keep what the node has
     assert plan_resync(view, server(nics=[static_nic("not-an-ip")])).empty
 
@@ -133,16 +154,16 @@ def test_provided_node_ip_addresses_come_first_in_the_annotations_order() -> Non
     dual = server(nics=[dhcp_nic("94.26.101.149", ipv6="2a03:b0c0::1")])
     annotations = {"alpha.kubernetes.io/provided-node-ip": "2a03:b0c0::1,94.26.101.149"}
     wrong_order = [("ExternalIP", "94.26.101.149"), ("ExternalIP", "2a03:b0c0::1"), ("Hostname", "node-1")]
-    view = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=wrong_order,
+    view = node_view(node(tainted=False, labels=LABELED, provider_id=f"cloudsigma://{UUID1}", addresses=wrong_order,
                           annotations=annotations))
     plan = plan_resync(view, dual)
     assert plan.addresses is not None
     assert [(a.type, a.address) for a in plan.addresses] == [
         ("ExternalIP", "2a03:b0c0::1"), ("ExternalIP", "94.26.101.149"), ("Hostname", "node-1")]
     # rewritten once: in the right order nothing more is written
-    right = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}",
+    right = node_view(node(tainted=False, labels=LABELED, provider_id=f"cloudsigma://{UUID1}",
                            addresses=[(a.type, a.address) for a in plan.addresses], annotations=annotations))
     assert plan_resync(right, dual).empty
     # without the annotation the order of a node's addresses is not ours to change
-    free = node_view(node(tainted=False, provider_id=f"cloudsigma://{UUID1}", addresses=wrong_order))
+    free = node_view(node(tainted=False, labels=LABELED, provider_id=f"cloudsigma://{UUID1}", addresses=wrong_order))
     assert plan_resync(free, dual).empty
