@@ -46,8 +46,9 @@ def series(name: str, target: dict[str, str], **labels: str) -> str:
 
 @dataclass
 class Case:
-    """Input series (selector -> promtool values notation, one sample a minute), when to look, and the alerts'
-    labels expected then (besides alertname and severity); an empty ``fires`` is the silent case."""
+    """Input series (selector -> promtool values notation, one sample a minute), when to look (``<n>m``), and the
+    alerts' labels expected then (besides alertname and severity); an empty ``fires`` is the silent case, checked
+    at every minute up to ``at``."""
 
     series: dict[str, str]
     at: str
@@ -210,9 +211,12 @@ def promtool_tests(alert: str, cases: tuple[Case, ...]) -> dict[str, Any]:
             labels = {**fired, "alertname": alert, "severity": rule(alert)["labels"]["severity"]}
             expected.append({"exp_labels": {k: v for k, v in labels.items() if k != "alertname"},
                              "exp_annotations": annotations(alert, labels)})
+        # A firing case is checked at ``at``; a silent one at every evaluation up to it (never pending long enough).
+        times = [case.at] if case.fires else [f"{m}m" for m in range(int(case.at.removesuffix("m")) + 1)]
         groups.append({"interval": "1m",
                        "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
-                       "alert_rule_test": [{"eval_time": case.at, "alertname": alert, "exp_alerts": expected}]})
+                       "alert_rule_test": [{"eval_time": t, "alertname": alert, "exp_alerts": expected}
+                                           for t in times]})
     return {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": groups}
 
 
