@@ -116,6 +116,7 @@ class ServerCache:
         self._on_refresh = on_refresh
         self._snapshot: ServerSnapshot | None = None
         self._inflight: asyncio.Future[ServerSnapshot] | None = None
+        self._inflight_started = 0.0
         self._background: asyncio.Task[None] | None = None
         self.refreshes = 0
         #: None disables probing (unit tests with a fake clock).
@@ -199,14 +200,52 @@ class ServerCache:
     async def refresh(self, *, newer_than: float | None = None) -> ServerSnapshot:
         """Fetch a new snapshot; callers arriving while one is in flight share it.
 
-        ``newer_than``: a snapshot fetched after this moment satisfies the caller (so a burst of misses
-        that all saw the same stale snapshot causes one refresh, not one each).
+        ``newer_than``: a snapshot whose listing *started* after this moment satisfies the caller (so a burst of
+        misses that all saw the same stale snapshot causes one refresh, not one each). A listing in flight that
+        started earlier does not: the caller waits for it and then shares the next one.
         """
-        snap = self._snapshot
-        if newer_than is not None and snap is not None and snap.fetched_at > newer_than:
-            return snap
-        if self._inflight is not None:
-            return await asyncio.shield(self._inflight)
+        while True:
+            snap = self._snapshot
+            if newer_than is not None and snap is not None and snap.fetched_at > newer_than:
+                return snap
+            inflight = self._inflight
+            if inflight is None:
+                return await self._refresh_now()
+            if newer_than is None or self._inflight_started >= newer_than:
+                return await asyncio.shield(inflight)
+            try:  # too old for this caller: its outcome is not ours
+                await asyncio.shield(inflight)
+            except asyncio.CancelledError:
+                if not inflight.cancelled():
+                    raise  # we are cancelled, not the listing
+            except Exception as exc:
+                log.debug("server_snapshot_older_refresh_failed", error=type(exc).__name__)
+
+    async def fresh_after(self, moment: float) -> ServerSnapshot:
+        """A snapshot whose listing started after ``moment`` (the cache's clock; it may lie in the near future:
+        then the listing waits for it). Callers with moments a listing satisfies share it."""
+        wait = moment - self._clock()
+        if wait >= 0:
+            await asyncio.sleep(wait + 0.001)
+        return await self.refresh(newer_than=moment)
+
+    async def refresh_periodically(self, period: float) -> None:
+        """Keep the snapshot at most about ``period`` old, until cancelled (a supervised task). Any refresh counts:
+        at rest this is one listing per period. A failed refresh is left to the prober (recovery) and tried again
+        a period later."""
+        while True:
+            snap = self._snapshot
+            wait = period if snap is None else period - (self._clock() - snap.fetched_at)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                await self.refresh(newer_than=self._clock() - period)
+            except (CloudSigmaError, CredentialError) as exc:
+                log.debug("server_snapshot_periodic_refresh_failed", error=type(exc).__name__)
+                await asyncio.sleep(period)
+
+    async def _refresh_now(self) -> ServerSnapshot:
         if self._clock() < self._closed_until:
             raise self._window_error()
         loop = asyncio.get_running_loop()
@@ -214,6 +253,7 @@ class ServerCache:
         self._inflight = future
         try:
             started = self._clock()
+            self._inflight_started = started
             listing, extras = await self._list_with_extras()
             snapshot = ServerSnapshot.from_list(listing, fetched_at=started, extras=extras)
             self._snapshot = snapshot

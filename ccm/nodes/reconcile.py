@@ -25,6 +25,7 @@ from ccm.metrics import Metrics
 from ccm.nodes.account import AccountMonitor, Verdict
 from ccm.nodes.apply import NodeApplier
 from ccm.nodes.decide import INVALID_NODE_ADDRESSES, NodePlan, plan_initialization, plan_resync, with_label_change
+from ccm.nodes.evidence import NodeClock, Required, evidence_fields, uuid_forms
 from ccm.nodes.labels import INSTANCE_TYPE
 from ccm.nodes.matching import Match, MatchKind, describe_candidates, match_server
 from ccm.nodes.view import NodeView
@@ -89,6 +90,10 @@ class ReconcileSettings:
     ipv6: bool = True
     #: "per-node": one CloudSigma call per reconcile (upstream's pattern), for benchmark comparisons.
     lookup: str = "snapshot"
+    #: The oldest snapshot a resync of an initialized Node may use (None: the cache's max age). With the periodic
+    #: refresh on, up to its period: every refresh re-queues the Nodes whose server changed, so resyncs need no
+    #: listing of their own (see ccm.daemon.resync_max_age).
+    resync_max_age: float | None = None
 
 
 @dataclass
@@ -98,6 +103,8 @@ class _Target:
     server: Server
     match: Match
     snapshot: ServerSnapshot
+    #: The moment the evidence had to be newer than, if the decision needed fresh evidence.
+    required: Required | None = None
 
 
 class NodeReconciler:
@@ -114,8 +121,11 @@ class NodeReconciler:
         settings: ReconcileSettings,
         labels: LabelKeeper | None = None,
         account: AccountMonitor | None = None,
+        node_clock: NodeClock | None = None,
     ) -> None:
         self._store = store
+        #: When each Node's evidence must have started (fed by the node watcher; see ccm.nodes.evidence).
+        self._clock = node_clock if node_clock is not None else NodeClock(clock=cache.now)
         self._observe = observe
         self._cache = cache
         self._client = client
@@ -176,19 +186,40 @@ class NodeReconciler:
     async def _reconcile(self, view: NodeView) -> Outcome:
         if self._s.lookup == "per-node":
             return await self._reconcile_per_node(view)
-        snapshot = await self._cache.get()
+        found = await self._find(view)
+        if isinstance(found, Outcome):
+            return found
+        match, snapshot, required = found
+        if match.kind is MatchKind.FOUND and match.server is not None:
+            return await self._sync(view, _Target(match.server, match, snapshot, required))
+        return await self._unmatched(view, match, snapshot)
+
+    async def _find(self, view: NodeView) -> tuple[Match, ServerSnapshot, Required | None] | Outcome:
+        """The node's server, from evidence fresh enough for what may be decided from it (ccm.nodes.evidence):
+        after a reboot, a listing newer than it; for the providerID, a match by name (or a systemUUID no server
+        has) only from a listing newer than the Node — shared by every Node that needs one."""
+        required = self._clock.required(view)
+        if required is not None and required.reason == "reboot":
+            snapshot = await self._cache.fresh_after(required.after)
+        else:
+            resync = not view.uninitialized and bool(view.provider_id)
+            snapshot = await self._cache.get(max_age=self._s.resync_max_age if resync else None)
         if (wrong := self._wrong_account(snapshot)) is not None:
             return wrong
         match = self._match(view, snapshot)
-        if match.kind is not MatchKind.FOUND and match.kind is not MatchKind.FOREIGN_PROVIDER_ID:
-            # Refresh on a miss before answering "not found": the server may be seconds old.
+        by_uuid = match.kind is MatchKind.FOUND and match.via == "systemUUID"
+        if required is not None and not by_uuid and snapshot.fetched_at <= required.after:
+            # Identity by name from a listing that may predate the Node: never (a replaced VM's old server).
+            snapshot = await self._cache.fresh_after(required.after)
+        elif match.kind not in (MatchKind.FOUND, MatchKind.FOREIGN_PROVIDER_ID, MatchKind.NOT_IN_SNAPSHOT):
+            # Refresh on a miss before answering "not found": the server may be seconds old. (A providerID's
+            # server missing from the snapshot is asked for directly instead: one GET, no listing.)
             snapshot = await self._cache.refresh(newer_than=snapshot.fetched_at)
-            if (wrong := self._wrong_account(snapshot)) is not None:
-                return wrong
-            match = self._match(view, snapshot)
-        if match.kind is MatchKind.FOUND and match.server is not None:
-            return await self._sync(view, _Target(match.server, match, snapshot))
-        return await self._unmatched(view, match, snapshot)
+        else:
+            return match, snapshot, required
+        if (wrong := self._wrong_account(snapshot)) is not None:
+            return wrong
+        return self._match(view, snapshot), snapshot, required
 
     async def _reconcile_per_node(self, view: NodeView) -> Outcome:
         """Upstream's call pattern: GET the server by providerID, or list by name — once per node."""
@@ -218,17 +249,24 @@ class NodeReconciler:
         return self._with_cloud_labels(view, target.server, target.snapshot, plan)
 
     async def _rematch(self, fresh: NodeView, target: _Target) -> _Target | None:
-        """The fresh node's server from current data: a conflict retry never reuses the old decision's server."""
-        snapshot = target.snapshot if self._s.lookup == "per-node" else await self._cache.get()
-        match = self._match(fresh, snapshot)
+        """The fresh node's server from current data: a conflict retry never reuses the old decision's server,
+        and holds its evidence to the same freshness rule."""
+        required = target.required
+        if self._s.lookup == "per-node":
+            snapshot, match = target.snapshot, self._match(fresh, target.snapshot)
+        else:
+            found = await self._find(fresh)
+            if isinstance(found, Outcome):
+                return None
+            match, snapshot, required = found
         if match.kind is MatchKind.FOUND and match.server is not None:
-            return _Target(match.server, match, snapshot)
+            return _Target(match.server, match, snapshot, required)
         try:
             same = bool(fresh.provider_id) and parse_provider_id(fresh.provider_id) == target.server.uuid
         except ForeignProviderID:
             same = False
         # A server seen by a direct GET but not (yet) listed still answers for a node that names it.
-        return _Target(target.server, target.match, snapshot) if same else None
+        return _Target(target.server, target.match, snapshot, required) if same else None
 
     async def _sync(self, view: NodeView, target: _Target) -> Outcome:
         fields: dict[str, Any] = {"server_uuid": target.server.uuid, "matched_by": target.match.via,
@@ -248,7 +286,13 @@ class NodeReconciler:
         plan = self._plan(view, target)
         if plan.blocked:
             return self._blocked(view, plan, fields)
+        decided_at = self._cache.now()
         result = await self._applier.apply(view, plan, replan)
+        # What the (last) write was decided from, and how long before it that listing started.
+        fields.update(evidence_fields(current.snapshot, decided_at if current is target else self._cache.now(),
+                                      current.required))
+        if not result.superseded and not result.abandoned:
+            self._clock.satisfied(view, current.snapshot)
         if result.writes and result.fetched is not None and self._observe is not None:
             self._observe(result.fetched)
         fields.update(writes=result.writes, conflicts=result.conflicts, server_uuid=current.server.uuid,
@@ -321,6 +365,18 @@ class NodeReconciler:
                            event=ObjectEvent.warning("DuplicateServerName", msg))
         if match.kind is MatchKind.NOT_IN_SNAPSHOT and match.provider_uuid:
             return await self._provider_id_missing(view, match, fields)
+        if match.kind is MatchKind.SYSTEM_UUID_MISMATCH:
+            forms = uuid_forms(view.system_uuid)
+            named = ", ".join(s.uuid for s in match.name_matches)
+            msg = (f"the node reports systemUUID {forms[0]}" + (f" (byte-swapped: {forms[1]})" if len(forms) > 1
+                                                                 else "")
+                   + f", which no server of {self._s.user_email} in {self._s.region} has; the server named "
+                   f"{view.name!r} is {named}: not matching by name (a replaced or foreign VM). Check which VM "
+                   "this is; set --node-lookup-by-system-uuid=false only if systemUUIDs are not server uuids")
+            fields.update(system_uuid=forms[0], candidates=[s.uuid for s in match.name_matches])
+            fields.update(evidence_fields(snapshot, self._cache.now()))
+            return Outcome(Result.BLOCKED, msg, retry=True, fields=fields,
+                           event=ObjectEvent.warning("SystemUUIDMismatch", msg))
         msg = (f"no server named {view.name!r} among the servers of {self._s.user_email} in {self._s.region}; "
                "check the VM's name and owner")
         event = ObjectEvent.warning("ServerNotFound", msg) if view.uninitialized else None

@@ -4,7 +4,7 @@
 lists or is told about, so the store never holds the JSON). It keeps:
 
 - name, uid and resourceVersion (every write is guarded by uid + resourceVersion), creationTimestamp;
-- ``spec.providerID``, ``status.nodeInfo.systemUUID``, ``status.addresses``;
+- ``spec.providerID``, ``status.nodeInfo.systemUUID`` and ``bootID``, ``status.addresses``;
 - the Ready condition's status and lastTransitionTime;
 - **every taint, whole**: a merge patch of ``spec.taints`` replaces the list, so removing ours must send the
   others exactly as they are;
@@ -90,6 +90,8 @@ class NodeView:
     taints: tuple[Mapping[str, Any], ...] = ()
     addresses: tuple[Address, ...] = ()
     system_uuid: str = ""
+    #: ``status.nodeInfo.bootID``: changes when the machine reboots (a DHCP address may have changed with it).
+    boot_id: str = ""
     #: "True", "False", "Unknown", or "" when the node has no Ready condition yet.
     ready: str = ""
     ready_since: datetime | None = None
@@ -165,6 +167,7 @@ def node_view(node: Mapping[str, Any]) -> NodeView:
         taints=taints,
         addresses=addresses,
         system_uuid=str(info.get("systemUUID") or ""),
+        boot_id=str(info.get("bootID") or ""),
         ready=ready,
         ready_since=since,
         created=parse_time(meta.get("creationTimestamp")),

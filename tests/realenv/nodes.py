@@ -99,6 +99,7 @@ async def register_node(
     labels: Mapping[str, str] | None = None,
     provider_id: str | None = None,
     annotations: Mapping[str, str] | None = None,
+    status_on_create: bool = False,
 ) -> V1Node:
     """Create Node ``name`` like a kubelet with ``--cloud-provider=external`` and report its status.
 
@@ -111,6 +112,8 @@ async def register_node(
     - ``ready``: the Ready condition: ``True``/``False``/``None`` = ``"Unknown"``.
     - ``labels``: added to the kubelet's default labels (hostname, os, arch).
     - ``provider_id``: ``spec.providerID`` (normally left to the CCM).
+    - ``status_on_create``: send the status with the create, as a real kubelet does (its ``initialNode`` sets
+      ``nodeInfo`` first), so no watcher ever sees the Node without its systemUUID.
 
     Returns the Node (``V1Node``) as read back after the status update.
     """
@@ -141,8 +144,6 @@ async def register_node(
         "metadata": {"name": name, "labels": node_labels, "annotations": node_annotations},
         "spec": spec,
     }
-    await core.create_node(cast(Any, body))
-
     status: dict[str, Any] = {
         "conditions": [*_pressure_conditions(), _ready_condition(ready)],
         "addresses": [{"type": t, "address": a} for t, a in (addresses or [])],
@@ -162,6 +163,9 @@ async def register_node(
             "architecture": "amd64",
         },
     }
+    if status_on_create:
+        body["status"] = status
+    await core.create_node(cast(Any, body))
     return await patch_node_status(api_client, name, {"status": status}, content_type=MERGE_PATCH)
 
 
