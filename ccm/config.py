@@ -44,6 +44,7 @@ _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s)
 #: Settings that are durations (``30s``, ``5m``, ``1h30m``, ``250ms`` or seconds).
 DURATION_FIELDS = (
     "token_refresh_margin", "http_timeout", "node_status_update_frequency", "server_cache_max_age",
+    "server_refresh_period",
     "node_monitor_period", "node_deletion_grace_period", "watch_timeout", "shutdown_timeout",
     "termination_grace_period", "leader_elect_lease_duration", "leader_elect_renew_deadline",
     "leader_elect_retry_period", "fleet_member_forget_after",
@@ -179,6 +180,10 @@ class Settings(BaseSettings):
                                        "the shared snapshot, so workers mostly wait on Kubernetes writes).")
     node_status_update_frequency: float = Field(300.0, description="Address re-sync period of initialized nodes.")
     server_cache_max_age: float = Field(10.0, description="Longest a server snapshot answers before a refresh.")
+    server_refresh_period: float = Field(
+        60.0, ge=0, description="How often the shared server snapshot is refreshed at rest; each refresh re-queues "
+        "only the nodes whose server's addresses, cloud labels, host or running state changed (0: only on "
+        "demand).")
     server_lookup: Literal["snapshot", "per-node"] = Field(
         "snapshot", description="snapshot: one shared listing for all nodes; per-node: one API call per node "
         "reconcile, as the upstream cloud-node-controller does (a reference mode for benchmarks).")

@@ -60,5 +60,11 @@ class CloudLabels:
         self.report(view.name, server.uuid, desired, change)
         return change
 
+    def fingerprint(self, server: Server, snapshot: ServerSnapshot) -> object:
+        """What the labels of ``server``'s node would be (compared between snapshots by the change trigger,
+        :class:`ccm.nodes.changes.RequeueOnChange`)."""
+        desired = self.desired(server, snapshot)
+        return tuple(sorted(desired.labels.items())), desired.unknown
+
     def forget(self, node: str) -> None:
         self._reported.pop(node, None)

@@ -30,7 +30,7 @@ def fingerprint(node: NodeView | None) -> tuple[Any, ...]:
         return ()
     taints = tuple(sorted((str(t.get("key")), str(t.get("effect"))) for t in node.taints))
     return (node.uid, node.provider_id, taints, node.addresses, node.ready, tuple(sorted(node.annotations.items())),
-            tuple(sorted(node.labels.items())), node.system_uuid)
+            tuple(sorted(node.labels.items())), node.system_uuid, node.boot_id)
 
 
 class NodeController:

@@ -13,6 +13,9 @@ A Node is deleted only on authoritative, fresh proof from the right account, aft
   that hold the server of at least one other Node (so a listing of the wrong account proves nothing).
 Never on 403, 401, 429, 5xx, timeouts, a proxy's 404, a partial list, a credential fallback, or a cache answer;
 nothing at all while the listing is judged to be another account (:mod:`ccm.nodes.account`).
+"Fresh" means started during the pass deciding it (after the Node was NotReady past its grace period): one pass
+shares its confirming listing(s) between all its decisions (:class:`Pass`), so five Nodes cost one listing,
+not five.
 The delete carries uid and resourceVersion preconditions; every deletion is an event and a log line
 with the evidence.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +48,21 @@ from cloudsigma.errors import CloudSigmaError, ServerNotFound
 from credentials.base import CredentialError
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Pass:
+    """One lifecycle pass: its start, and the confirming listings every decision of the pass shares."""
+
+    started: float
+    listings: list[ServerSnapshot] = field(default_factory=list)
+
+    async def listing(self, cache: ServerCache, index: int = 0) -> ServerSnapshot:
+        """The ``index``-th (0 or 1) listing started during this pass; the second started after the first."""
+        while len(self.listings) <= index:
+            after = self.listings[-1].fetched_at if self.listings else self.started
+            self.listings.append(await cache.refresh(newer_than=after))
+        return self.listings[index]
 
 
 def needs_check(node: NodeView) -> bool:
@@ -86,6 +105,8 @@ class LifecycleController:
         self._account = account
         self._clock = clock
         self.deleted: list[str] = []
+        #: Passes that checked at least one Node.
+        self.passes = 0
 
     async def run(self) -> None:
         while True:
@@ -102,16 +123,18 @@ class LifecycleController:
         if not candidates:
             return
         started = time.monotonic()
+        self.passes += 1
+        this_pass = Pass(started=self._cache.now())
         for node in candidates:
             try:
-                await self._check(node)
+                await self._check(node, this_pass)
             except (CloudSigmaError, CredentialError) as exc:
                 log.warning("lifecycle_cloud_unavailable", node=node.name, **exc.log_fields())
             except KubeError as exc:
                 log.warning("lifecycle_kube_error", node=node.name, **exc.log_fields())
         self._metrics.reconcile_duration.labels("lifecycle").observe(time.monotonic() - started)
 
-    async def _check(self, view: NodeView) -> None:
+    async def _check(self, view: NodeView, this_pass: Pass) -> None:
         if not view.not_ready:
             # Ready again: the shutdown taint goes without asking the cloud.
             await self._apply_taint(view, None)
@@ -123,11 +146,11 @@ class LifecycleController:
         if match.kind is MatchKind.FOUND and match.server is not None:
             await self._apply_taint(view, match.server.status)
             return
-        if match.kind in (MatchKind.AMBIGUOUS, MatchKind.FOREIGN_PROVIDER_ID):
+        if match.kind in (MatchKind.AMBIGUOUS, MatchKind.FOREIGN_PROVIDER_ID, MatchKind.SYSTEM_UUID_MISMATCH):
             return
         if not self._deletion or not self._past_grace(view):
             return
-        evidence = await self._proof_of_absence(view)
+        evidence = await self._proof_of_absence(view, this_pass)
         if evidence is not None:
             await self._delete(view, evidence)
 
@@ -160,14 +183,14 @@ class LifecycleController:
             return False
         return (self._clock() - since).total_seconds() >= self._grace
 
-    async def _proof_of_absence(self, view: NodeView) -> dict[str, Any] | None:
+    async def _proof_of_absence(self, view: NodeView, this_pass: Pass) -> dict[str, Any] | None:
         """Authoritative evidence that the server is gone, or None (then nothing is deleted)."""
         if view.provider_id:
-            return await self._provider_id_proof(view)
+            return await self._provider_id_proof(view, this_pass)
         request_ids: list[str] = []
         confirmed_by = ""
-        for _ in range(2):
-            snapshot = await self._cache.refresh()
+        for index in range(2):
+            snapshot = await this_pass.listing(self._cache, index)
             if not snapshot.complete or snapshot.provider != self._primary:
                 log.warning("deletion_skipped", node=view.name, reason="listing incomplete or not by the primary "
                             "credential", complete=snapshot.complete, credential_provider=snapshot.provider)
@@ -182,14 +205,17 @@ class LifecycleController:
             request_ids.extend(snapshot.request_ids)
         return {"proof": "absent from two fresh complete listings", "request_ids": request_ids,
                 "account_confirmed_by": confirmed_by, "checked_at": self._clock().isoformat(),
-                "credential_provider": self._primary}
+                "credential_provider": self._primary, "listing_age_s": self._age(this_pass.listings[0])}
 
-    async def _provider_id_proof(self, view: NodeView) -> dict[str, Any] | None:
+    def _age(self, snapshot: ServerSnapshot) -> float:
+        """How long ago (before the write) the listing started."""
+        return round(self._cache.now() - snapshot.fetched_at, 3)
+
+    async def _provider_id_proof(self, view: NodeView, this_pass: Pass) -> dict[str, Any] | None:
         try:
             uuid = parse_provider_id(view.provider_id)
         except ForeignProviderID:
             return None
-        started = self._cache.now()
         try:
             await self._client.get_server(uuid)
         except ServerNotFound as exc:
@@ -205,7 +231,8 @@ class LifecycleController:
         # Any other answer — including 403 — is not proof (the exception propagates to the caller's log).
         # The 404 only says "not in the account this credential sees here": a fresh complete listing by the same
         # credential must lack the server and hold another Node's server, or it may be another account/location.
-        snapshot = await self._cache.refresh(newer_than=started)
+        # "Fresh": started during this pass (shared by its decisions), like the GET.
+        snapshot = await this_pass.listing(self._cache)
         same_credential = (snapshot.provider == not_found.context.provider
                            and (not snapshot.token_subject or not not_found.context.token_subject
                                 or snapshot.token_subject == not_found.context.token_subject))
@@ -225,7 +252,7 @@ class LifecycleController:
         return {"proof": "404 notexist on direct GET, and absent from a fresh complete listing that holds other "
                          "Nodes' servers", "server_uuid": uuid, **not_found.log_fields(),
                 "listing_request_ids": list(snapshot.request_ids), "account_confirmed_by": confirmed_by,
-                "checked_at": self._clock().isoformat()}
+                "checked_at": self._clock().isoformat(), "listing_age_s": self._age(snapshot)}
 
     @staticmethod
     def _unconfirmed(view: NodeView, snapshot: ServerSnapshot, **fields: Any) -> None:

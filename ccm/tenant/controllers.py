@@ -20,7 +20,6 @@ from kubernetes_asyncio.client import ApiClient
 
 from ccm.cloudlabels.sources import LabelSources
 from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
-from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.config import Settings
 from ccm.csr.controller import CSRController
 from ccm.fencing import Fence
@@ -32,7 +31,9 @@ from ccm.kube.transport import KubeTransport
 from ccm.metrics import Metrics
 from ccm.nodes.account import AccountMonitor
 from ccm.nodes.apply import NodeApplier
+from ccm.nodes.changes import RequeueOnChange
 from ccm.nodes.controller import NodeController
+from ccm.nodes.evidence import NodeClock
 from ccm.nodes.lifecycle import LifecycleController
 from ccm.nodes.reconcile import NodeReconciler, ReconcileSettings
 from ccm.nodes.watching import NodeWatcher
@@ -121,22 +122,25 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
     applier = NodeApplier(kube)
     account = AccountMonitor(nodes=lambda: watcher.store.values(), events=events, metrics=metrics, user_email=user,
                              region=identity.region, request_refresh=cache.refresh_until)
+    node_clock = NodeClock(clock=cache.now)  # when each Node's evidence must have started (ccm.nodes.evidence)
+    watcher.add_handler(node_clock)
+    cloud_labels = CloudLabels(label_policy)
     reconciler = NodeReconciler(
         store=lambda name: watcher.store.get(name), observe=watcher.observe, cache=cache, client=client,
-        applier=applier, events=events, metrics=metrics, account=account,
+        applier=applier, events=events, metrics=metrics, account=account, node_clock=node_clock,
         settings=ReconcileSettings(region=identity.region, zone=identity.zone, user_email=user,
                                    cluster_name=identity.cluster,
                                    use_system_uuid=settings.node_lookup_by_system_uuid,
-                                   lookup=settings.server_lookup),
-        labels=CloudLabels(label_policy),
+                                   lookup=settings.server_lookup, resync_max_age=resync_max_age(settings)),
+        labels=cloud_labels,
     )
     controller = NodeController(watcher, reconciler, workers=identity.workers,
                                 resync_period=settings.node_status_update_frequency, metrics=metrics)
     cache.add_recovery_listener(controller.cloud_is_back)
     account.add_recovery_listener(controller.cloud_is_back)
-    # Cloud labels follow a changed server at the next snapshot refresh, not only at the node's next resync.
-    cache.add_refresh_listener(RelabelOnRefresh(label_policy, nodes=lambda: list(watcher.store.values()),
-                                                enqueue=controller.queue.add))
+    # A changed server (addresses, cloud labels, host, state) reaches its Node at the next snapshot refresh.
+    cache.add_refresh_listener(RequeueOnChange(nodes=lambda: list(watcher.store.values()),
+                                               enqueue=controller.queue.add, labels=cloud_labels.fingerprint))
     lifecycle = LifecycleController(
         nodes=lambda: list(watcher.store.values()), kube=kube, cache=cache, client=client, applier=applier,
         events=events, metrics=metrics, primary_provider=settings.credential_chain[0],
@@ -149,6 +153,16 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
            if settings.csr_approval != "off" else None)
     return Components(settings, metrics, services.chain, client, cache, tenant, kube, watcher, events, controller,
                       lifecycle, account=account, csr=csr)
+
+
+def resync_max_age(settings: Settings) -> float | None:
+    """The oldest snapshot a resync of an initialized Node may use: with the periodic refresh on (which re-queues
+    every Node whose server changed), up to a refresh period — but never older than a resync period, nor required
+    younger than the cache's max age. None: the cache's max age (refresh on demand only)."""
+    period = settings.server_refresh_period
+    if period <= 0:
+        return None
+    return max(settings.server_cache_max_age, min(period, settings.node_status_update_frequency))
 
 
 async def run_controllers(parts: Components, health: HealthState | None = None) -> None:
@@ -166,6 +180,8 @@ async def run_controllers(parts: Components, health: HealthState | None = None) 
     supervisor = Supervisor()
     supervisor.start("node-watcher", parts.watcher.run())
     supervisor.start("lifecycle", parts.lifecycle.run())
+    if parts.settings.server_refresh_period > 0:
+        supervisor.start("snapshot-refresh", parts.cache.refresh_periodically(parts.settings.server_refresh_period))
     if parts.csr is not None:
         supervisor.start("csr-approver", parts.csr.run())
     supervisor.start("initial-sync", mark_synced(), may_finish=True)

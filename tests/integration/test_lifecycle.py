@@ -249,3 +249,28 @@ async def test_healthy_cluster_costs_no_lifecycle_calls(world: EmulatorState, em
         await asyncio.sleep(2)  # ~6 monitor periods
         after = sum(world.counters[k] for k in ("GET /servers/detail/", "GET /servers/{uuid}/"))
     assert after == before
+
+
+async def test_one_confirming_listing_serves_every_decision_of_a_pass(
+        world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, kube_api: ApiClient) -> None:
+    # Five NotReady nodes whose servers the configured location does not have (another location's API: genuine
+    # 404 notexist on every direct GET, and a listing that holds none of the cluster's servers). Each pass must
+    # look at each node (one direct GET each) but share one confirming listing between them.
+    names = [f"lost-{i}" for i in range(5)]
+    for name in names:
+        server = world.add_server(ALICE, name, nics=[public_dhcp_nic("auto")])
+        await register_node(kube_api, name, provider_id=f"cloudsigma://{server['uuid']}", taint=False, ready=False)
+    target = world.another_location("fra")
+    target.add_server(ALICE, "fra-vm", nics=[public_dhcp_nic("auto")])
+    async with EmulatorServer(target) as serving, running_ccm(kube_apiserver.admin_kubeconfig, serving, region="fra",
+                                                              **FAST) as ccm:
+        await wait_for(lambda: target.counters["GET /servers/{uuid}/"] >= 5 * 12, 30, message="twelve passes")
+        assert not ccm.parts.lifecycle.deleted
+    gets = target.counters["GET /servers/{uuid}/"]
+    listings = target.counters["GET /servers/detail/"]
+    # Each pass GETs every node once (so do the node controller's retries, with backoff: 1, 2, 4 s — a few
+    # listings of their own, each shared by the five nodes).
+    passes = gets / len(names)
+    assert listings <= passes + 5, f"{listings} listings in at most {passes:.0f} passes ({gets} direct GETs)"
+    for name in names:
+        assert await exists(kube_api, name)

@@ -14,8 +14,8 @@ from ccm.cli import parse
 from ccm.cloudlabels.decide import META_PREFIX, DesiredLabels, LabelChange, LabelPolicy, Skipped
 from ccm.cloudlabels.sources import LabelSources
 from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
-from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.config import ConfigError, load_settings
+from ccm.nodes.changes import RequeueOnChange
 from ccm.nodes.view import node_view
 from ccm.servercache import ServerCache, ServerSnapshot, SnapshotExtras
 from cloudsigma.client import ServerList, TagList
@@ -199,7 +199,8 @@ def test_trigger_queues_only_initialized_nodes_whose_labels_changed() -> None:
              node_view(node("n3", tainted=True, provider_id=f"cloudsigma://{UUID1}")),  # being initialized
              node_view(node("n4", tainted=False, provider_id="aws:///i-1"))]
     queued: list[str] = []
-    trigger = RelabelOnRefresh(LabelPolicy(), nodes=lambda: nodes, enqueue=queued.append)
+    trigger = RequeueOnChange(nodes=lambda: nodes, enqueue=queued.append,
+                              labels=CloudLabels(LabelPolicy()).fingerprint)
     s1 = server(uuid=UUID1, meta={"pool": "a", "other": "x"})
     s2 = server(name="node-2", uuid=UUID2, meta={"pool": "b"})
     trigger(snapshot(s1, s2, groups={UUID1: "g1", UUID2: "g2"}))

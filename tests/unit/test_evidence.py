@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ccm.cloudlabels.decide import LabelPolicy
+from ccm.cloudlabels.sync import CloudLabels
 from ccm.nodes.changes import RequeueOnChange
 from ccm.nodes.evidence import NodeClock, uuid_forms
 from ccm.nodes.lifecycle import Pass
@@ -125,7 +126,8 @@ async def test_one_pass_shares_its_confirming_listings() -> None:
 def test_the_change_trigger_covers_addresses_state_and_labels_and_nothing_else() -> None:
     view = node_view(node("n1", tainted=False, provider_id=f"cloudsigma://{UUID1}"))
     queued: list[str] = []
-    trigger = RequeueOnChange(LabelPolicy(), nodes=lambda: [view], enqueue=queued.append)
+    trigger = RequeueOnChange(nodes=lambda: [view], enqueue=queued.append,
+                              labels=CloudLabels(LabelPolicy()).fingerprint)
     base = server("n1", UUID1, nics=[dhcp_nic("94.26.101.1")], meta={"pool": "a"})
     trigger(snapshot(base))
     trigger(snapshot(base))

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from bench.nodestore import realistic_node
 from ccm.cloudlabels.decide import HOST_GROUP, MANAGED_ANNOTATION, META_PREFIX, TAG_PREFIX, LabelPolicy, label_change
 from ccm.cloudlabels.sync import CloudLabels
-from ccm.cloudlabels.trigger import RelabelOnRefresh
 from ccm.csr.decide import ServerLookup, address_claims, decide
 from ccm.csr.request import csr_view
 from ccm.kube.transport import KubeTransport
 from ccm.metrics import Metrics
 from ccm.nodes.account import expected_servers
+from ccm.nodes.changes import RequeueOnChange
 from ccm.nodes.controller import NodeController
 from ccm.nodes.decide import plan_initialization, plan_resync, plan_shutdown_taint
 from ccm.nodes.labels import INSTANCE_TYPE
@@ -106,7 +106,7 @@ def snapshot(servers: Iterable[Server], groups: Mapping[str, str] | None = None)
 def relabel_queue(view: NodeView, servers: tuple[Server, ...]) -> list[str]:
     """Whether a changed host group makes the refresh trigger queue the node."""
     queued: list[str] = []
-    trigger = RelabelOnRefresh(POLICY, nodes=lambda: [view], enqueue=queued.append)
+    trigger = RequeueOnChange(nodes=lambda: [view], enqueue=queued.append, labels=CloudLabels(POLICY).fingerprint)
     trigger(snapshot(servers, {s.uuid: "g1" for s in servers}))
     trigger(snapshot(servers, {s.uuid: "g2" for s in servers}))
     return queued
