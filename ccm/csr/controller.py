@@ -11,6 +11,7 @@ and once when an IP SAN is unknown, as a DHCP address may have just changed).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -186,12 +187,28 @@ class CSRController:
         assert node is not None
         lookup, snapshot = await self._lookup(node)
         decision = decide(view, node, lookup, deny=self._deny, claims=self._claims(view, lookup))
-        if decision.check == IP_SAN and snapshot is not None and _predates(snapshot, view):
-            # A DHCP address may have changed just before the kubelet asked: look once more before saying no.
-            # (Only for a snapshot older than the CSR, so a flood of bad CSRs costs one listing a second at most.)
-            lookup, _ = await self._lookup(node, newer_than=snapshot.fetched_at)
+        if ((decision.check == IP_SAN or decision.verdict is Verdict.APPROVE) and snapshot is not None
+                and _predates(snapshot, view)):
+            # An approval cannot be undone: it is decided only from a listing started after the CSR existed (CSRs
+            # of the same second share it). And a DHCP address may have changed just before the kubelet asked:
+            # look once more before saying no (only for a snapshot older than the CSR, so a flood of bad CSRs
+            # costs one listing a second at most).
+            lookup, snapshot = await self._lookup(node, newer_than=self._after(view))
             decision = decide(view, node, lookup, deny=self._deny, claims=self._claims(view, lookup))
+        if snapshot is not None:
+            decision = dataclasses.replace(decision, evidence=(
+                ("evidence_request_ids", list(snapshot.request_ids)[:3]),
+                ("evidence_age_s", round(self._cache.now() - snapshot.fetched_at, 3))))
         return decision
+
+    def _after(self, view: CSRView) -> float:
+        """The cache-clock moment after which a listing surely started after the CSR was created: its whole-second
+        creationTimestamp + 1 s, and never later than now (the CSR exists: the watch showed it)."""
+        now = self._cache.now()
+        if view.created is None:
+            return now
+        since = (datetime.now(UTC) - view.created).total_seconds() - 1.0
+        return min(now, now - since)
 
     async def _lookup(self, node: NodeView, *,
                       newer_than: float | None = None) -> tuple[ServerLookup, ServerSnapshot | None]:
@@ -225,7 +242,7 @@ class CSRController:
         fields: dict[str, Any] = {"csr": view.name, "requestor": view.username, "node": decision.node or None,
                                   "verdict": decision.verdict.value, "check": decision.check or None,
                                   "reason": decision.message, "server_uuid": decision.server_uuid or None,
-                                  "duration_ms": round(duration * 1000, 1)}
+                                  "duration_ms": round(duration * 1000, 1), **dict(decision.evidence)}
         if decision.verdict is Verdict.WAIT:
             log.info("csr_decided", **fields)
             if decision.node:

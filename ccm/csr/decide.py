@@ -78,6 +78,8 @@ class Decision:
     message: str = ""
     node: str = ""
     server_uuid: str = ""
+    #: What the decision was based on, for its log line (the listing's request ids and age); set by the controller.
+    evidence: tuple[tuple[str, object], ...] = ()
 
     @property
     def final(self) -> bool:

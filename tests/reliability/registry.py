@@ -155,6 +155,81 @@ def secret_kinds() -> dict[str, int]:
         return kinds
 
 
+# ------------------------------------------------------------------------------------------- freshness
+
+#: Every irreversible or disruptive action → the evidence it requires → how fresh, relative to what → the tests that
+#: prove it (``path::test``; tests/unit/test_reliability_page.py checks that each exists). Rendered as a section of
+#: the page (static: a run does not change it).
+FRESHNESS: tuple[tuple[str, str, str, str], ...] = (
+    ("`spec.providerID` write (immutable: sets the Node's identity)",
+     "by systemUUID (either byte order): a listing holding that uuid; by name: exactly one server of that name, and "
+     "no systemUUID that names no server (else Warning `SystemUUIDMismatch`, unless "
+     "`--node-lookup-by-system-uuid=false`)",
+     "systemUUID: any snapshot (≤ max-age x stale-factor). Name: a listing that started after the node watcher saw "
+     "the Node and after its `creationTimestamp` + 1 s (capped at seen + 1 s); shared by all such Nodes; during an "
+     "outage none, so the taint stays. A 409 retry is held to the same rule",
+     "tests/integration/test_freshness.py::test_replaced_vm_never_gets_the_old_servers_identity, "
+     "tests/integration/test_freshness.py::test_a_node_registered_during_an_outage_waits_for_a_listing_newer_than_it, "
+     "tests/integration/test_freshness.py::test_a_system_uuid_of_no_server_never_matches_by_name, "
+     "tests/reliability/test_kube_faults.py::test_a_retry_matches_the_server_again_from_current_data"),
+    ("removal of the `uninitialized` taint",
+     "the providerID decision above, and at least one InternalIP/ExternalIP decided from the same listing "
+     "(addresses written first, in a write guarded by uid + resourceVersion)",
+     "the same listing as the providerID",
+     "tests/integration/test_freshness.py::test_replaced_vm_never_gets_the_old_servers_identity, "
+     "tests/reliability/test_bad_cloud_data.py::test_servers_without_an_ip_keep_their_nodes_tainted"),
+    ("address removal or replacement (initialized Node)",
+     "the server named by `spec.providerID`; never leaves a Node without an IP (a stopped server's or an empty "
+     "answer keeps the addresses)",
+     "a snapshot ≤ min(`--server-refresh-period`, resync period) old (at least max-age); every refresh re-queues "
+     "a Node whose server's addresses changed (corrected within one period); after a reboot (Ready again, new "
+     "bootID): a listing started after the kubelet reported it",
+     "tests/integration/test_cloud_refresh.py::test_a_cloud_change_is_on_the_node_within_one_period, "
+     "tests/integration/test_cloud_refresh.py::test_a_reboot_with_a_new_dhcp_address_is_seen_at_once, "
+     "tests/integration/test_node_controller.py::test_changed_dhcp_ip_is_picked_up_on_resync"),
+    ("cloud-label removal (`node.cloudsigma.com/…`)",
+     "the server's meta keys, tag names and host group; only keys the CCM set (managed annotation); a tag or "
+     "host-group source that failed this snapshot removes nothing",
+     "as addresses: ≤ one refresh period old, re-queued on change",
+     "tests/integration/test_cloud_refresh.py::test_a_cloud_change_is_on_the_node_within_one_period, "
+     "tests/integration/test_cloud_labels.py::test_failing_extra_calls_never_fail_the_listing_and_leave_their_labels_"
+     "alone"),
+    ("shutdown taint (added / removed)",
+     "the server's status `stopped`/`paused` while the Node is NotReady; removed when Ready or running",
+     "the shared snapshot (≤ max-age; ≤ max-age x stale-factor while revalidating); reversible: the next check "
+     "corrects it",
+     "tests/integration/test_lifecycle.py::test_shutdown_taint_added_and_removed"),
+    ("Node deletion",
+     "with providerID: CloudSigma's 404 `notexist` (request id) on a direct GET by the primary credential, and a "
+     "complete listing by the same credential lacking the server and holding another Node's server; without: "
+     "absent from two complete listings holding another Node's server",
+     "NotReady ≥ grace period; the GET and the listings started during the deleting lifecycle pass (one confirming "
+     "listing per pass, shared by its decisions); never a cache answer",
+     "tests/integration/test_lifecycle.py::test_deleted_after_grace_on_fresh_404, "
+     "tests/integration/test_lifecycle.py::test_never_deleted_without_proof, "
+     "tests/integration/test_lifecycle.py::test_one_confirming_listing_serves_every_decision_of_a_pass, "
+     "tests/reliability/test_cloud_faults.py::test_wrong_endpoint_deletes_nothing"),
+    ("kubelet-serving CSR approval",
+     "the requesting Node initialized with a providerID; its server listed; every IP SAN an address of that "
+     "server (or the kubelet's own InternalIP of a private VLAN no other Node claims)",
+     "a listing that started after the CSR's `creationTimestamp` + 1 s (one, shared by the CSRs of that second)",
+     "tests/integration/test_csr_approval.py::test_valid_request_is_approved, "
+     "tests/integration/test_csr_approval.py::test_new_dhcp_address_is_looked_up_before_saying_no"),
+)
+
+
+def freshness_lines() -> list[str]:
+    """The page's freshness section."""
+    lines = ["## Freshness of evidence", "",
+             "What cannot be undone is decided only from evidence that cannot be older than what it is about; each "
+             "decision's log line names its evidence (request ids) and its age (`evidence_age_s`, `listing_age_s`).",
+             "", "| Action | Evidence required | How fresh, relative to what | Proved by |", "|---|---|---|---|"]
+    for action, evidence, fresh, tests in FRESHNESS:
+        proved = "<br>".join(f"`{_cell(t.strip().rsplit('/', 1)[-1])}`" for t in tests.split(","))
+        lines.append(f"| {_cell(action)} | {_cell(evidence)} | {_cell(fresh)} | {proved} |")
+    return [*lines, ""]
+
+
 # ------------------------------------------------------------------------------------------- markdown
 
 
@@ -233,6 +308,7 @@ def render_markdown(expected: Iterable[str], *, total_seconds: float, command: s
         f"| Run time | {total_seconds:.0f} s |",
         "",
     ]
+    lines += freshness_lines()
     if failed:
         lines += ["## Not passed", ""]
         lines += [f"- `{c.nodeid}` — {c.case}: **{c.outcome}**" for c in failed]

@@ -63,3 +63,13 @@ def test_reliability_page_is_current(request: pytest.FixtureRequest) -> None:
     fresh = registry.comparable(report.render())
     diff = "\n".join(difflib.unified_diff(committed, fresh, "committed", "this run", lineterm="", n=0))
     assert committed == fresh, f"docs/reliability.md is out of date: run `make reliability-doc`\n{diff[:4000]}"
+
+
+def test_the_freshness_table_is_on_the_page_and_names_tests_that_exist() -> None:
+    page = registry.DOC.read_text()
+    assert "\n".join(registry.freshness_lines()) in page, "docs/reliability.md: run `make reliability-doc`"
+    root = registry.ROOT
+    for action, _, _, tests in registry.FRESHNESS:
+        for ref in (t.strip() for t in tests.split(",")):
+            path, name = ref.split("::")
+            assert f"def {name}(" in (root / path).read_text(), f"{action}: {ref} does not exist"
