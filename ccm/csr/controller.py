@@ -203,17 +203,18 @@ class CSRController:
 
     def _after(self, view: CSRView) -> float:
         """The cache-clock moment after which a listing surely started after the CSR was created: its whole-second
-        creationTimestamp + 1 s, and never later than now (the CSR exists: the watch showed it)."""
+        creationTimestamp + 1 s (at most a second from now: the CSR exists, the watch showed it; a skewed clock
+        delays an approval by a second at most)."""
         now = self._cache.now()
         if view.created is None:
             return now
         since = (datetime.now(UTC) - view.created).total_seconds() - 1.0
-        return min(now, now - since)
+        return min(now - since, now + 1.0)
 
     async def _lookup(self, node: NodeView, *,
                       newer_than: float | None = None) -> tuple[ServerLookup, ServerSnapshot | None]:
         try:
-            snapshot = (await self._cache.refresh(newer_than=newer_than) if newer_than is not None
+            snapshot = (await self._cache.fresh_after(newer_than) if newer_than is not None
                         else await self._cache.get())
             match = match_server(node, snapshot.by_uuid, snapshot.by_name)
             if match.kind is not MatchKind.FOUND:

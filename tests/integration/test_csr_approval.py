@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +149,26 @@ async def test_valid_request_is_approved(world: EmulatorState, emulator: Emulato
     server = world.add_server(ALICE, "csr-v", nics=[public_dhcp_nic(A_IP)])
     await register_node(kube_api, "csr-v")
     with structlog.testing.capture_logs() as logs:
-        async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, csr_approval="approve"):
+        # A long cache age: the snapshot that initialized the node could still answer — it must not approve.
+        async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, csr_approval="approve",
+                               server_cache_max_age="30s"):
             await wait_for(lambda: initialized(kube_api, "csr-v"), 20)
             name = await Kubelet(kube_apiserver, "csr-v").request(ips=[A_IP])
             cond = await wait_for(lambda: condition(kube_api, name), 15)
             approved = await wait_for(lambda: event(kube_api, "csr-v", "CertificateApproved", name), 10)
+            created = datetime.fromisoformat((await csr(kube_api, name))["metadata"]["creationTimestamp"]
+                                             .replace("Z", "+00:00")).timestamp()
+    # An approval cannot be undone: it was decided from a listing that started after the CSR existed.
+    listings = [r for r in world.requests_to("GET /servers/detail/") if r.status == 200]
+    assert any(r.started_at > created + 1.0 for r in listings), "approved from a listing older than the CSR"
     assert cond["type"] == "Approved" and cond["status"] == "True"
     assert cond["reason"] == APPROVED_REASON and server["uuid"] in cond["message"]
     assert approved["type"] == "Normal"
     [line] = decided(logs, name)
     assert line["verdict"] == "approved" and line["server_uuid"] == server["uuid"]
     assert line["requestor"] == "system:node:csr-v"
+    used = [r for r in listings if r.request_id in line["evidence_request_ids"]]
+    assert used and used[0].started_at > created + 1.0 and line["evidence_age_s"] >= 0
 
 
 BAD_REQUESTS = {
