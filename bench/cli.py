@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", type=Path, metavar="RESULTS_JSON",
                    help="only re-render the report and plot from a results file")
     p.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs (printed path)")
+    p.add_argument("--no-freshness", action="store_true",
+                   help="skip the freshness rows (python -m bench.freshness: calls at rest, cloud change → Node)")
+    p.add_argument("--freshness-period", type=float, default=5.0,
+                   help="--server-refresh-period of the freshness run, seconds (default 5; figures are scaled to "
+                        "the production default)")
     p.add_argument("--no-node-store", action="store_true",
                    help="skip the memory-per-held-Node measurement (python -m bench.nodestore) for each N")
     return p
@@ -140,6 +145,13 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         for r in results["node_store"]:
             log(f"[node-store] N={r['nodes']}: {r['rss_bytes_per_node']} B RSS, {r['traced_bytes_per_node']} B "
                 f"traced per held Node")
+    if not args.no_freshness:
+        from bench.freshness import measure
+
+        log("[freshness] calls at rest, writes per unchanged refresh, cloud change → Node, reboot → new address")
+        results["freshness"] = await measure(nodes=min(nodes), period=args.freshness_period,
+                                             rest_periods=4 if quick else 6, changes=8 if quick else 20,
+                                             reboots=4 if quick else 10)
     results["total_seconds"] = round(time.monotonic() - started, 1)
     results["targets"] = evaluate_targets(results)
     return results

@@ -378,6 +378,11 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
     if ANALYSIS_PATH.is_file():
         lines += [ANALYSIS_PATH.read_text().strip(), ""]
     lines += fleet_section_for_main_report(docs_dir)
+    if results.get("freshness"):
+        from bench.freshness import markdown as freshness_markdown
+
+        lines += ["## Following the cloud (`python -m bench.freshness`)", "",
+                  freshness_markdown(results["freshness"]), ""]
     lines += ["## Method and caveats", "",
               "- Everything runs on one machine: the kube-apiserver (with etcd), the emulator, the daemon and the "
               "bench share its cores, so a burst measures the whole system; the per-process CPU split is listed "
