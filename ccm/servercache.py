@@ -11,6 +11,12 @@ no listing is sent inside the window, whatever the callers' own backoff says.
 
 A snapshot answer is never proof that a server is gone: deletion needs a direct GET (see lifecycle).
 
+A snapshot's ``fetched_at`` is when its listing *started*. A caller that needs evidence newer than some moment (a
+Node it must not decide about from older data: :mod:`ccm.nodes.evidence`) asks for a listing started after it
+(:meth:`ServerCache.fresh_after`); a listing in flight that started earlier does not count, and every caller whose
+moment the next listing satisfies shares it. :meth:`ServerCache.refresh_periodically` keeps the snapshot at most a
+period old at rest (``--server-refresh-period``), the refresh listeners seeing every new snapshot.
+
 After each successful listing the cache may fetch *extras* (tag names, host groups: see
 :mod:`ccm.cloudlabels.sources`), once per snapshot; their failure never fails the listing (the snapshot then says
 "unknown" for them).

@@ -5,7 +5,9 @@ Each CSR gets one decision: approved, denied, or left pending with a Warning Eve
 there or not initialized yet, the server is not in the snapshot, the cloud is unavailable) is decided again:
 with backoff, and at once when the requesting Node is added or initialized. Inputs are the daemon's own:
 the node watcher's store and the shared server snapshot (one listing for all nodes, refreshed once on a miss
-and once when an IP SAN is unknown, as a DHCP address may have just changed).
+and once when an IP SAN is unknown, as a DHCP address may have just changed). An approval cannot be undone, so it
+is decided only from a listing that started after the CSR was created (the CSRs of one second share it), named
+with its age in the ``csr_decided`` line.
 """
 
 from __future__ import annotations
