@@ -144,7 +144,7 @@ class LifecycleController:
             return  # another account's listing: no taint, no GET, no deletion (one cluster-level warning says so)
         match = match_server(view, snapshot.by_uuid, snapshot.by_name, use_system_uuid=self._use_system_uuid)
         if match.kind is MatchKind.FOUND and match.server is not None:
-            await self._apply_taint(view, match.server.status)
+            await self._apply_taint(view, match.server.status, snapshot)
             return
         if match.kind in (MatchKind.AMBIGUOUS, MatchKind.FOREIGN_PROVIDER_ID, MatchKind.SYSTEM_UUID_MISMATCH):
             return
@@ -154,7 +154,7 @@ class LifecycleController:
         if evidence is not None:
             await self._delete(view, evidence)
 
-    async def _apply_taint(self, view: NodeView, status: str | None) -> None:
+    async def _apply_taint(self, view: NodeView, status: str | None, snapshot: ServerSnapshot | None = None) -> None:
         plan = plan_shutdown_taint(view, status)
         if plan.empty:
             return
@@ -173,8 +173,10 @@ class LifecycleController:
         if result.superseded or result.abandoned:
             return  # the node was replaced or no longer matches: the next check decides again
         added = any(t.get("key") == SHUTDOWN_TAINT for t in plan.taints or ())
+        evidence = ({"evidence_request_ids": list(snapshot.request_ids)[:3], "evidence_age_s": self._age(snapshot)}
+                    if snapshot is not None else {"evidence": "the Node is Ready again"})
         log.info("node_shutdown_taint", node=view.name, action="added" if added else "removed",
-                 server_status=status, writes=result.writes)
+                 server_status=status, writes=result.writes, **evidence)
         self._metrics.reconciles.labels("lifecycle", "shutdown_taint").inc()
 
     def _past_grace(self, view: NodeView) -> bool:
