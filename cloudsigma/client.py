@@ -46,7 +46,7 @@ from cloudsigma.errors import (
 from cloudsigma.models import InvalidObject, Server, Tag, parse_server, parse_tag
 from credentials.base import Credential
 
-__all__ = ["CloudSigmaClient", "CredentialSource", "RequestRecord", "RetryPolicy", "ServerList", "TagList"]
+__all__ = ["CloudSigmaClient", "CredentialSource", "IpList", "RequestRecord", "RetryPolicy", "ServerList", "TagList"]
 
 USER_AGENT = "cloudsigma-ccm/0.1 (+kubernetes cloud controller manager)"
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -114,6 +114,17 @@ class TagList:
     total_count: int
     request_ids: tuple[str, ...]
     invalid: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IpList:
+    """Every IP of ``GET /ips/detail/`` (all pages) as the API's JSON, and when the listing was fetched."""
+
+    objects: tuple[dict[str, Any], ...]
+    total_count: int
+    request_ids: tuple[str, ...]
+    #: ``time.monotonic()`` after the last page arrived: a claim written before it is visible in it.
+    fetched_at: float
 
 
 _PARSE_INLINE_MAX = 200
@@ -259,6 +270,34 @@ class CloudSigmaClient:
             log.warning("cloudsigma_invalid_objects", path="/tags/", count=len(invalid), first=invalid[0])
         return TagList(tags=tuple(tags), total_count=total, request_ids=tuple(request_ids), invalid=tuple(invalid))
 
+    async def list_ips(self) -> IpList:
+        """GET ``/ips/detail/``, every page: the owner's subscribed IPs and the dynamic ones in use, with
+        ``subscription``, ``server``, ``meta`` and ``tags``. Objects that are not JSON objects are dropped."""
+        objects, total, request_ids, _ = await self._list_all("ips/detail/", {})
+        return IpList(objects=tuple(o for o in objects if isinstance(o, dict)), total_count=total,
+                      request_ids=tuple(request_ids), fetched_at=time.monotonic())
+
+    async def update_ip_meta(self, address: str, meta: Mapping[str, str]) -> dict[str, Any]:
+        """PUT ``/ips/{address}/`` with a new ``meta`` (the whole map: an update replaces it). Answers the IP."""
+        payload, ctx = await self._call("PUT", f"ips/{address}/", resource=address, body={"meta": dict(meta)})
+        if not isinstance(payload, dict):
+            raise InvalidResponse("IP update answered no object", status=200, context=ctx, resource=address)
+        return payload
+
+    async def get_server_definition(self, uuid: str) -> dict[str, Any]:
+        """GET ``/servers/{uuid}/`` as the API's JSON (every field, for a full-object PUT)."""
+        payload, ctx = await self._call("GET", f"servers/{uuid}/", resource=uuid)
+        if not isinstance(payload, dict):
+            raise InvalidResponse("server is not an object", status=200, context=ctx, resource=uuid)
+        return payload
+
+    async def update_server(self, uuid: str, definition: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT ``/servers/{uuid}/`` with a whole server definition. Answers the server as the API now has it."""
+        payload, ctx = await self._call("PUT", f"servers/{uuid}/", resource=uuid, body=dict(definition))
+        if not isinstance(payload, dict):
+            raise InvalidResponse("server update answered no object", status=200, context=ctx, resource=uuid)
+        return payload
+
     async def server_availability_groups(self) -> tuple[tuple[str, ...], ...]:
         """GET ``/servers/availability_groups/``: groups of uuids of running servers sharing a physical host.
 
@@ -332,7 +371,8 @@ class CloudSigmaClient:
     # ---- one call, with retries ---------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, *, params: Mapping[str, str] | None = None, resource: str | None = None
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, resource: str | None = None,
+        body: Any = None,
     ) -> tuple[Any, CallContext]:
         state = _Attempt()
 
@@ -363,7 +403,7 @@ class CloudSigmaClient:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        return await self._send(method, path, params or {}, resource, state)
+                        return await self._send(method, path, params or {}, resource, state, body)
                     except Unauthorized:
                         state.unauthorized += 1
                         if state.credential is not None and state.unauthorized == 1:
@@ -375,7 +415,7 @@ class CloudSigmaClient:
                 raise
             # Opt-in only (--allow-fallback-on-forbidden): the 403 above is already logged with its request id.
             state.override = alternative
-            return await self._send(method, path, params or {}, resource, state)
+            return await self._send(method, path, params or {}, resource, state, body)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _forbidden_fallback(self, state: _Attempt) -> Credential | None:
@@ -387,7 +427,8 @@ class CloudSigmaClient:
         return alternative
 
     async def _send(
-        self, method: str, path: str, params: Mapping[str, str], resource: str | None, state: _Attempt
+        self, method: str, path: str, params: Mapping[str, str], resource: str | None, state: _Attempt,
+        body: Any = None,
     ) -> tuple[Any, CallContext]:
         credential = state.override or await self._credentials.get(self.user_email, self.region)
         state.credential = credential
@@ -405,13 +446,13 @@ class CloudSigmaClient:
         request_id: str | None = None
         try:
             async with self._http().request(
-                method, url, params=params, timeout=self._timeout,
+                method, url, params=params, timeout=self._timeout, json=body,
                 headers={"Authorization": credential.authorization_header()},
             ) as resp:
                 status = resp.status
                 request_id = resp.headers.get("X-REQUEST-ID") or resp.headers.get("X-Request-Id")
                 ctx = replace(ctx, request_id=request_id)
-                body = await resp.read()
+                raw = await resp.read()
                 retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
         except TimeoutError:
             self._record(method, endpoint, None, started, None, identity.provider, "RequestTimeout")
@@ -428,7 +469,7 @@ class CloudSigmaClient:
 
         if 200 <= status < 300:
             try:
-                payload = json.loads(body) if body else None
+                payload = json.loads(raw) if raw else None
             except ValueError:
                 err = InvalidResponse("response body is not JSON", status=status, context=ctx, resource=resource)
                 self._record(method, endpoint, status, started, request_id, identity.provider, "InvalidResponse")
@@ -442,7 +483,7 @@ class CloudSigmaClient:
             )
             return payload, ctx
 
-        err = self._error_for(status, body, ctx, resource, retry_after)
+        err = self._error_for(status, raw, ctx, resource, retry_after)
         self._record(method, endpoint, status, started, request_id, identity.provider, type(err).__name__)
         self._log_failure(err, started)
         raise err

@@ -2,7 +2,9 @@
 
 API (``/api/2.0/``, Basic or Bearer auth): ``servers/``, ``servers/detail/``, ``servers/{uuid}/``,
 ``servers/availability_groups/[{uuid}/]``, ``tags/``, ``tags/detail/``, ``tags/{uuid}/[servers/]``, ``ips/``,
-``ips/detail/``, ``ips/{ip}/``, ``profile/``, ``locations/`` (no auth). OAuth and impersonation: see
+``ips/detail/``, ``ips/{ip}/`` (GET; PUT edits ``meta``), ``PUT servers/{uuid}/`` (the running-server rule of
+servers.rst, see ``EmulatorState.running_server_changes``), ``profile/``, ``locations/`` (no auth).
+OAuth and impersonation: see
 :mod:`tests.emulator.oauth`. Control plane (never faulted, logged or counted): ``/_emulator/...``.
 """
 
@@ -40,7 +42,7 @@ SHORT_SERVER_FIELDS = ("name", "owner", "resource_uri", "runtime", "status", "uu
 SETTINGS = ("single_object_errors", "token_lifetime", "impersonation_lifetime", "default_limit", "user_claims",
             "jwks_url", "external_issuer", "dhcp_ips_in_ip_list", "token_exchange_mode", "clock_leeway",
             "impersonate_include_expires_in", "ipv6_runtime_as_string", "jwks_refetch_interval", "location_id",
-            "availability_groups_per_server")
+            "availability_groups_per_server", "running_server_changes")
 
 
 # ------------------------------------------------------------------------------------------- middleware
@@ -239,6 +241,33 @@ async def get_server(request: web.Request) -> web.Response:
     return json_response(srv)
 
 
+async def _api_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "Request body is not valid JSON.", "validation") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Expected a JSON object.", "validation")
+    return body
+
+
+async def put_server(request: web.Request) -> web.Response:
+    """``PUT /servers/{uuid}/``: edit a server (on a running one only ``name``, ``meta`` and ``tags`` change)."""
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    srv_uuid = request.match_info["uuid"]
+    srv = state.servers.get(srv_uuid)
+    if srv is None:
+        raise ApiError(404, f"Server {srv_uuid} does not exist.", "notexist")
+    if srv["owner"]["uuid"] != user.uuid:
+        raise _permission_error(user, srv_uuid)
+    body = await _api_body(request)
+    try:
+        return json_response(state.update_server(srv_uuid, body))
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, str(exc), "validation") from None
+
+
 # ------------------------------------------------------------------------------------------- availability groups
 
 
@@ -352,6 +381,27 @@ async def get_ip(request: web.Request) -> web.Response:
         raise ApiError(404, f"IP {addr} does not exist.", "notexist")
     if rec.owner_uuid != user.uuid:
         raise _permission_error(user, addr)
+    return json_response(_render_ip(rec, attached.get(rec.uuid), detail=True))
+
+
+async def put_ip(request: web.Request) -> web.Response:
+    """``PUT /ips/{uuid}/``: networking.rst — "Currently only IP ``meta`` field can be edited" (the map is
+    replaced); other fields of the body are ignored."""
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    addr = request.match_info["ip"]
+    rec = state.ips.get(addr)
+    attached = state.ip_attachments()
+    if rec is None or (rec.dynamic and rec.uuid not in attached):
+        raise ApiError(404, f"IP {addr} does not exist.", "notexist")
+    if rec.owner_uuid != user.uuid:
+        raise _permission_error(user, addr)
+    body = await _api_body(request)
+    if "meta" in body:
+        try:
+            state.set_ip_meta(addr, body["meta"] or {})
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "validation", error_point="meta") from None
     return json_response(_render_ip(rec, attached.get(rec.uuid), detail=True))
 
 
@@ -469,6 +519,20 @@ async def control_server_labels(request: web.Request) -> web.Response:
         return json_response({"error": repr(exc)}, status=400)
 
 
+async def control_ip(request: web.Request) -> web.Response:
+    """``POST /_emulator/ips/{ip}/tags {"tags": [uuid]}``: the tags an IP is under (as ``/tags/`` sets them)."""
+    state = request.app[STATE_KEY]
+    addr = request.match_info["ip"]
+    if addr not in state.ips:
+        return json_response({"error": "no such IP"}, status=404)
+    body = await _json_body(request)
+    try:
+        rec = state.set_ip_tags(addr, list(body["tags"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        return json_response({"error": repr(exc)}, status=400)
+    return json_response({"uuid": rec.uuid, "tags": rec.tags})
+
+
 async def control_tags(request: web.Request) -> web.Response:
     """``POST /_emulator/tags {"name", "owner"?, "uuid"?}`` creates a tag; answers ``{"uuid"}``."""
     state = request.app[STATE_KEY]
@@ -538,6 +602,8 @@ def create_app(state: EmulatorState | None = None, *, jwks_url: str | None = Non
     r.add_get(f"{api}/ips/", list_ips)
     r.add_get(f"{api}/ips/detail/", list_ips_detail)
     r.add_get(f"{api}/ips/{{ip}}/", get_ip)
+    r.add_put(f"{api}/ips/{{ip}}/", put_ip)
+    r.add_put(f"{api}/servers/{{uuid}}/", put_server)
     r.add_get(f"{api}/profile/", profile)
     r.add_get(f"{api}/locations/", locations)
 
@@ -555,6 +621,7 @@ def create_app(state: EmulatorState | None = None, *, jwks_url: str | None = Non
     r.add_get("/_emulator/state", control_state)
     r.add_post("/_emulator/servers/{uuid}/{action:meta|tags|host}", control_server_labels)
     r.add_post("/_emulator/tags", control_tags)
+    r.add_post("/_emulator/ips/{ip}/tags", control_ip)
     r.add_route("*", "/_emulator/servers/{uuid}", control_server)
     r.add_post("/_emulator/servers/{uuid}/{action}", control_server)
     r.add_post("/_emulator/rotate-key", control_rotate_key)

@@ -337,6 +337,10 @@ class EmulatorState:
     #: ``GET /servers/availability_groups/``: one inner array per running server (the docs' example lists the
     #: group of two servers twice), or one per host (False).
     availability_groups_per_server: bool = True
+    #: ``PUT /servers/{uuid}/`` on a running server: ``"ignore"`` every change but ``name``, ``meta`` and ``tags``
+    #: (servers.rst: "all other changes to the definition of a running server will be ignored"), or ``"apply"``
+    #: them, NICs included (what the kube-dc project reports seeing when it switches a running server's NIC).
+    running_server_changes: Literal["ignore", "apply"] = "ignore"
 
     # identity
     signing_key: SigningKey = field(default_factory=SigningKey.shared, repr=False)
@@ -493,13 +497,60 @@ class EmulatorState:
 
     def set_server_meta(self, server_uuid: str, meta: Mapping[str, Any]) -> dict[str, Any]:
         """Replace a server's whole ``meta`` (an update never merges): keys at most 32 characters, string values."""
-        for key, value in meta.items():
-            if not isinstance(key, str) or not key or len(key) > 32:
-                raise ValueError(f"meta key {key!r} must be 1-32 characters")
-            if not isinstance(value, str):
-                raise ValueError(f"meta value of {key!r} must be a string")
+        _check_meta(meta)
         srv = self.servers[server_uuid]
         srv["meta"] = dict(meta)
+        return srv
+
+    def update_server(self, server_uuid: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /servers/{uuid}/`` with a server definition: ``name``, ``meta`` and ``tags`` always; ``cpu``,
+        ``mem``, ``smp`` and the NICs' IP configuration only while the server is not running (unless
+        :attr:`running_server_changes` is ``"apply"``). Read-only fields in the body are ignored. A NIC is matched
+        to the server's by ``mac``; only its ``ip_v4_conf``/``ip_v6_conf`` change (``manual``/``dhcp`` drop the
+        address, ``static`` needs one the owner holds)."""
+        srv = self.servers[server_uuid]
+        for key in ("name", "cpu", "mem", "vnc_password"):
+            if key not in body:
+                raise ValueError(f"{key} is required")
+        if "meta" in body:
+            _check_meta(body["meta"] or {})
+        tags = [t["uuid"] if isinstance(t, dict) else str(t) for t in body.get("tags") or []]
+        running = srv["status"] in RUNTIME_STATUSES
+        nic_changes: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        if not running or self.running_server_changes == "apply":
+            by_mac = {n["mac"]: n for n in srv["nics"]}
+            for raw in body.get("nics") or []:
+                nic = by_mac.get(str((raw or {}).get("mac") or ""))
+                if nic is None:
+                    raise ValueError(f"unknown NIC {raw.get('mac')!r}: only existing NICs can be changed here")
+                nic_changes.append((nic, raw))
+        srv["name"] = str(body["name"])
+        if "meta" in body:
+            srv["meta"] = dict(body["meta"] or {})
+        if "tags" in body:
+            self.set_server_tags(server_uuid, tags)
+        if running and self.running_server_changes == "ignore":
+            return srv
+        srv["cpu"], srv["mem"] = int(body["cpu"]), int(body["mem"])
+        srv["smp"] = int(body.get("smp", srv["smp"]))
+        owner = self.user_by_uuid(srv["owner"]["uuid"])
+        for nic, raw in nic_changes:
+            for key in ("ip_v4_conf", "ip_v6_conf"):
+                conf = raw.get(key)
+                if not isinstance(conf, dict) or not isinstance(nic.get(key), dict):
+                    continue
+                kind = conf.get("conf")
+                if kind in ("manual", "dhcp"):
+                    nic[key] = {"conf": kind, "ip": None}
+                elif kind == "static":
+                    ref = conf.get("ip")
+                    addr = ref.get("uuid") if isinstance(ref, dict) else ref
+                    if not addr or owner is None:
+                        raise ValueError("a static conf needs an IP")
+                    nic[key] = {"conf": "static", "ip": ip_ref(self._ensure_ip(owner, str(addr), dynamic=False))}
+                else:
+                    raise ValueError(f"unknown conf {kind!r}")
+        self._refresh_runtime(server_uuid)
         return srv
 
     # ----------------------------------------------------------------------------------------- physical hosts
@@ -570,6 +621,22 @@ class EmulatorState:
                         elif isinstance(ref, str) and ref:
                             attached.setdefault(ref, srv["uuid"])
         return attached
+
+    def set_ip_meta(self, address: str, meta: Mapping[str, Any]) -> IpRecord:
+        """Replace an IP's whole ``meta`` (``PUT /ips/{uuid}/``; meta.rst: an update never merges)."""
+        _check_meta(meta)
+        rec = self.ips[address]
+        rec.meta = dict(meta)
+        return rec
+
+    def set_ip_tags(self, address: str, tag_uuids: Sequence[str]) -> IpRecord:
+        """Put an IP under these tags (what ``PUT /tags/{uuid}/`` with the IP among its resources does)."""
+        unknown = [t for t in tag_uuids if t not in self.tags]
+        if unknown:
+            raise ValueError(f"unknown tag(s) {unknown}")
+        rec = self.ips[address]
+        rec.tags = [_tag_ref(t) for t in dict.fromkeys(tag_uuids)]
+        return rec
 
     def visible_ips(self, owner_uuid: str) -> list[tuple[IpRecord, str | None]]:
         """The user's IPs as ``/ips/`` lists them, with the uuid of the server each is attached to."""
@@ -866,7 +933,8 @@ class EmulatorState:
         settings = data.get("settings", {})
         for key in ("token_lifetime", "impersonation_lifetime", "single_object_errors", "default_limit",
                     "user_claims", "jwks_url", "external_issuer", "dhcp_ips_in_ip_list", "token_exchange_mode",
-                    "impersonate_include_expires_in", "ipv6_runtime_as_string", "availability_groups_per_server"):
+                    "impersonate_include_expires_in", "ipv6_runtime_as_string", "availability_groups_per_server",
+                    "running_server_changes"):
             if key in settings:
                 setattr(self, key, settings[key])
         if "realms" in settings:
@@ -882,7 +950,7 @@ class EmulatorState:
         for t in data.get("tags", []):
             self.add_tag(t["name"], uuid=t.get("uuid"), owner=t.get("owner"))
         for ip in data.get("ips", []):
-            self.add_ip(ip["owner"], ip.get("uuid") or ip.get("address"))
+            self.add_ip(ip["owner"], ip.get("uuid") or ip.get("address"), meta=ip.get("meta"))
         for s in data.get("servers", []):
             count = int(s.get("count", 1))
             for i in range(count):
@@ -899,6 +967,17 @@ class EmulatorState:
         state = cls()
         state.load_seed(json.loads(Path(path).read_text()))
         return state
+
+
+def _check_meta(meta: Mapping[str, Any]) -> None:
+    """meta.rst: a string map with keys of at most 32 characters."""
+    if not isinstance(meta, Mapping):
+        raise ValueError("meta must be an object")
+    for key, value in meta.items():
+        if not isinstance(key, str) or not key or len(key) > 32:
+            raise ValueError(f"meta key {key!r} must be 1-32 characters")
+        if not isinstance(value, str):
+            raise ValueError(f"meta value of {key!r} must be a string")
 
 
 def _seed_nic(spec: Mapping[str, Any]) -> NicSpec | dict[str, Any]:
