@@ -47,7 +47,7 @@ DURATION_FIELDS = (
     "server_refresh_period",
     "node_monitor_period", "node_deletion_grace_period", "watch_timeout", "shutdown_timeout",
     "termination_grace_period", "leader_elect_lease_duration", "leader_elect_renew_deadline",
-    "leader_elect_retry_period", "fleet_member_forget_after",
+    "leader_elect_retry_period", "fleet_member_forget_after", "load_balancer_claim_settle",
 )
 
 
@@ -198,6 +198,19 @@ class Settings(BaseSettings):
         "off", description="Kubelet-serving CSRs: off; approve those whose node, subject, usages, key and "
         "SANs check out against the cloud (others stay pending); approve-or-deny: deny the others. Needs "
         "deploy/tenant/csr-approval.")
+    load_balancer: Literal["off", "metallb", "kube-vip"] = Field(
+        "off", description="LoadBalancer Services: off; metallb or kube-vip: give each one a subscribed IP of the "
+        "owner (claimed in the IP's meta) and tell that announcer (MetalLB L2 pool + Service annotation, or "
+        "kube-vip's annotation). Needs deploy/tenant/load-balancer.")
+    load_balancer_nic: Literal["require", "ensure"] = Field(
+        "require", description="Nodes that can carry a load-balancer IP need a public NIC with ip_v4_conf.conf "
+        "manual: require labels those (node.cloudsigma.com/load-balancer=true) and warns on the others; ensure "
+        "also switches the NIC to manual (full-server PUT) and reports when the cloud ignored it.")
+    load_balancer_metallb_namespace: str = Field(
+        "metallb-system", description="Namespace of MetalLB, where its IPAddressPool and L2Advertisement go.")
+    load_balancer_claim_settle: float = Field(
+        2.0, gt=0, description="How long a new claim on an IP must stand before the IP is given to a Service (a "
+        "listing taken this long after the claim was written must still show it).")
     termination_grace_period: float = Field(
         30.0, description="terminationGracePeriodSeconds of the pod: the shutdown timeout plus the event flush "
         "(2s), the lease release (3s) and the exit (2s) must fit in it; checked at start-up.")

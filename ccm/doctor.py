@@ -157,7 +157,7 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
             out.append(Check("tenant", "api reachable", "fail", str(exc)))
             return out
         for permission in needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
-                                  csr_approval=settings.csr_approval != "off"):
+                                  csr_approval=settings.csr_approval != "off", load_balancer=settings.load_balancer):
             label = permission.label
             try:
                 answer = await kube.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",

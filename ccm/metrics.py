@@ -86,6 +86,12 @@ class MetricFamilies:
             "cloudsigma_ccm_cloudsigma_budget_waits_total",
             "CloudSigma requests that waited for the region's shared request budget (fleet mode).", [c, "region"],
             registry=r)
+        self.lb_ips = Gauge("cloudsigma_ccm_load_balancer_ips",
+                            "The owner's IPs by pool and state (held: claimed for this cluster's Services; free; "
+                            "claimed: by another cluster or kube-dc; attached: on a server NIC), as last listed.",
+                            [c, "pool", "state"], registry=r)
+        self.lb_allocation_failures = Counter("cloudsigma_ccm_load_balancer_allocation_failures_total",
+                                              "Services left pending, by reason.", [c, "reason"], registry=r)
         # -- shared by the process (one token cache, one credential chain) --
         self.token_acquisitions = Counter("cloudsigma_ccm_token_acquisitions_total", "Credential acquisitions.",
                                           ["provider", "result"], registry=r)
@@ -157,6 +163,8 @@ class Metrics:
         self.lease_failures = _Bound(f.lease_failures, cluster)
         self.kube_writes = _Bound(f.kube_writes, cluster)
         self.cloud_budget_waits = _Bound(f.cloud_budget_waits, cluster)
+        self.lb_ips = _Bound(f.lb_ips, cluster)
+        self.lb_allocation_failures = _Bound(f.lb_allocation_failures, cluster)
         self.queue_depth = f.queue_depth.labels(cluster)
         self.leader = f.leader.labels(cluster)
         self.snapshot_refreshes = f.snapshot_refreshes.labels(cluster)

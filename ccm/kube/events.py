@@ -155,10 +155,11 @@ class EventRecorder:
     async def _create(self, series: _Series) -> None:
         name = f"{series.ref.get('name', 'object')}.{uuid.uuid4().hex[:16]}"
         event = series.event
+        namespace = self._namespace_of(series)
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": name, "namespace": self._namespace, "annotations": dict(event.annotations)},
+            "metadata": {"name": name, "namespace": namespace, "annotations": dict(event.annotations)},
             "involvedObject": series.ref,
             "reason": event.reason,
             "message": event.message[:1024],
@@ -170,9 +171,13 @@ class EventRecorder:
             "lastTimestamp": series.last,
             "count": series.count,
         }
-        await self._kube.request("POST", f"/api/v1/namespaces/{self._namespace}/events", body=body)
+        await self._kube.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
         series.name = name
         self.created += 1
+
+    def _namespace_of(self, series: _Series) -> str:
+        """An Event about a namespaced object (a Service) lives in its namespace; others in ``namespace``."""
+        return series.ref.get("namespace") or self._namespace
 
     async def _update(self, series: _Series) -> None:
         event = series.event
@@ -180,6 +185,7 @@ class EventRecorder:
                                  "type": event.type}
         if event.annotations:
             patch["metadata"] = {"annotations": dict(event.annotations)}
-        await self._kube.request("PATCH", f"/api/v1/namespaces/{self._namespace}/events/{series.name}", body=patch,
+        await self._kube.request("PATCH", f"/api/v1/namespaces/{self._namespace_of(series)}/events/{series.name}",
+                                 body=patch,
                                  content_type=MERGE_PATCH)
         self.updated += 1

@@ -22,8 +22,9 @@ LEASES_GROUP = "coordination.k8s.io"
 CLUSTERAPI_GROUP = "infrastructure.cluster.x-k8s.io"
 CERTIFICATES_GROUP = "certificates.k8s.io"
 KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
+METALLB_GROUP = "metallb.io"
 
-When = Literal["always", "deletion", "csr-approval"]
+When = Literal["always", "deletion", "csr-approval", "load-balancer", "metallb"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Permission:
     group: str = ""
     namespace: str | None = None  # None: cluster-wide (or any namespace)
     name: str | None = None  # None: any object
-    #: "deletion": only with --node-deletion-enabled; "csr-approval": only with --csr-approval other than off.
+    #: "deletion": only with --node-deletion-enabled; "csr-approval": only with --csr-approval other than off;
+    #: "load-balancer": only with --load-balancer other than off; "metallb": only with --load-balancer=metallb.
     when: When = "always"
 
     @property
@@ -75,6 +77,21 @@ TENANT: tuple[Permission, ...] = (
     Permission("update", "certificatesigningrequests", "approval", group=CERTIFICATES_GROUP, when="csr-approval"),
     # Never a request of ours: the CertificateApproval admission plugin checks it on the approval write above.
     Permission("approve", "signers", group=CERTIFICATES_GROUP, name=KUBELET_SERVING_SIGNER, when="csr-approval"),
+    # ccm/loadbalancer: LoadBalancer Services (deploy/tenant/load-balancer). Services of every namespace are
+    # watched; the finalizer and the announcer's annotations are patched, the IP goes into the status.
+    Permission("list", "services", when="load-balancer"),
+    Permission("watch", "services", when="load-balancer"),
+    Permission("patch", "services", when="load-balancer"),
+    Permission("patch", "services", "status", when="load-balancer"),
+    # Events about a Service live in the Service's namespace.
+    Permission("create", "events", when="load-balancer"),
+    Permission("patch", "events", when="load-balancer"),
+    # MetalLB's IPAddressPool and L2Advertisement (server-side apply: patch, which creates them too).
+    Permission("create", "ipaddresspools", group=METALLB_GROUP, when="metallb"),
+    Permission("patch", "ipaddresspools", group=METALLB_GROUP, when="metallb"),
+    Permission("delete", "ipaddresspools", group=METALLB_GROUP, when="metallb"),
+    Permission("create", "l2advertisements", group=METALLB_GROUP, when="metallb"),
+    Permission("patch", "l2advertisements", group=METALLB_GROUP, when="metallb"),
 )
 
 
@@ -124,9 +141,10 @@ def fleet(namespace: str, *, tenant_namespace: str | None = None,
 
 
 def needed(permissions: Iterable[Permission], *, deletion_enabled: bool,
-           csr_approval: bool = False) -> tuple[Permission, ...]:
+           csr_approval: bool = False, load_balancer: str = "off") -> tuple[Permission, ...]:
     """The permissions a CCM with these settings uses."""
-    enabled = {"always": True, "deletion": deletion_enabled, "csr-approval": csr_approval}
+    enabled = {"always": True, "deletion": deletion_enabled, "csr-approval": csr_approval,
+               "load-balancer": load_balancer != "off", "metallb": load_balancer == "metallb"}
     return tuple(p for p in permissions if enabled[p.when])
 
 

@@ -3,8 +3,8 @@
 
 This is the tenant runtime both process shapes share: the single-tenant process (:mod:`ccm.single.process`) runs one
 tenant on it, a fleet replica (:mod:`ccm.fleet`) one per tenant it serves. It builds the node controller, the
-lifecycle controller, the account monitor, the optional CSR approver and the cloud labels, and nothing else: no
-signals, no health server, no leader election (:mod:`ccm.process`). New per-tenant controllers are built in
+lifecycle controller, the account monitor, the optional CSR approver and load-balancer controller and the cloud
+labels, and nothing else: no signals, no health server, no leader election (:mod:`ccm.process`). New per-tenant controllers are built in
 :func:`build_tenant` and started in :func:`run_controllers`.
 """
 
@@ -28,6 +28,7 @@ from ccm.kube.clients import KubeconfigClient
 from ccm.kube.events import EventRecorder
 from ccm.kube.permissions import TENANT, needed
 from ccm.kube.transport import KubeTransport
+from ccm.loadbalancer import controller as load_balancer
 from ccm.metrics import Metrics
 from ccm.nodes.account import AccountMonitor
 from ccm.nodes.apply import NodeApplier
@@ -77,6 +78,7 @@ class Components:
     lifecycle: LifecycleController
     account: AccountMonitor | None = None
     csr: CSRController | None = None
+    load_balancer: load_balancer.LoadBalancerController | None = None
     #: The shared services, when these components own them (single-tenant mode): closed with them.
     services: Services | None = None
 
@@ -116,7 +118,8 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
     kube = kube_factory(tenant, timeout=kube_timeout, fence=fence,
                         on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
-                                           csr_approval=settings.csr_approval != "off"))
+                                           csr_approval=settings.csr_approval != "off",
+                                           load_balancer=settings.load_balancer))
     watcher = make_node_watcher(kube, settings, metrics)
     events = EventRecorder(kube, host=socket.gethostname())
     applier = NodeApplier(kube)
@@ -151,8 +154,10 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
     csr = (CSRController(kube=kube, nodes=watcher, cache=cache, events=events, metrics=metrics,
                          deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
            if settings.csr_approval != "off" else None)
+    lb = load_balancer.from_settings(settings, kube=kube, client=client, nodes=watcher, cache=cache, events=events,
+                                     metrics=metrics, cluster=identity.cluster)
     return Components(settings, metrics, services.chain, client, cache, tenant, kube, watcher, events, controller,
-                      lifecycle, account=account, csr=csr)
+                      lifecycle, account=account, csr=csr, load_balancer=lb)
 
 
 def resync_max_age(settings: Settings) -> float | None:
@@ -184,6 +189,8 @@ async def run_controllers(parts: Components, health: HealthState | None = None) 
         supervisor.start("snapshot-refresh", parts.cache.refresh_periodically(parts.settings.server_refresh_period))
     if parts.csr is not None:
         supervisor.start("csr-approver", parts.csr.run())
+    if parts.load_balancer is not None:
+        supervisor.start("load-balancer", parts.load_balancer.run())
     supervisor.start("initial-sync", mark_synced(), may_finish=True)
     workers = supervisor.start("node-workers", parts.controller.run(), may_finish=True)
     failure = asyncio.ensure_future(supervisor.failure())
