@@ -433,8 +433,9 @@ def test_tenant_rbac_is_exactly_the_declared_permissions(rendered: dict[str, lis
             assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                                             "name": TENANT_USER}]
     # Nodes are cluster-scoped, so only a ClusterRole can grant them; nothing else is granted cluster-wide
-    # (but for the opt-in CSR approver's permissions, cluster-scoped too).
-    assert {p.resource for p in cluster_wide if p.when != "csr-approval"} == {"nodes"}
+    # (but for the opt-in CSR approver's and load balancer's permissions, in their own components).
+    assert {p.resource for p in cluster_wide
+            if p.when not in ("csr-approval", "load-balancer", "metallb")} == {"nodes"}
 
 
 def test_tenant_rbac_drops_what_the_code_never_sends(rendered: dict[str, list[Obj]]) -> None:
