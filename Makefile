@@ -17,12 +17,13 @@ $(VENV)/.installed: pyproject.toml requirements/dev.txt
 lock: setup
 	UPGRADE=$(UPGRADE) bash scripts/lock.sh
 
-## realenv: build the test kube-apiserver, kustomize, Helm and promtool (Go module proxy), fetch Keycloak (Maven Central); cached per machine
+## realenv: build the test kube-apiserver, kustomize, Helm and promtool, fetch MetalLB's CRDs (Go module proxy) and Keycloak (Maven Central); cached per machine
 realenv:
 	bash scripts/build-kube-apiserver.sh
 	bash scripts/build-kustomize.sh
 	bash scripts/build-helm.sh
 	bash scripts/build-promtool.sh
+	bash scripts/fetch-metallb-crds.sh
 	bash scripts/fetch-keycloak.sh
 
 ## image: build the container image with buildah on a base assembled from Debian packages (cached; see the script)

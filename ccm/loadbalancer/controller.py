@@ -15,6 +15,7 @@ Every outcome is an Event on the Service (once per reason while pending) and a `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from cachetools import TTLCache
 
 from ccm.kube.errors import Conflict, KubeError, KubeNotFound
 from ccm.kube.events import EventRecorder, ObjectEvent
+from ccm.kube.fetching import get_node
 from ccm.kube.informer import Informer, LogEvents
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.nodes.watching import NodeWatcher
@@ -35,7 +37,7 @@ from ccm.loadbalancer.ipam import CloudIp, held_by, in_pool
 from ccm.loadbalancer.listing import IpListings, Listing
 from ccm.loadbalancer.service import FINALIZER, STATIC_POOL, ServiceView, service_view
 from ccm.metrics import Metrics
-from ccm.nodes.view import NodeView
+from ccm.nodes.view import NodeView, node_view
 from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerCache
 from ccm.workqueue import Next, WorkQueue, run_worker
@@ -96,8 +98,12 @@ class LoadBalancerController:
         self._node_noted: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=86400)
         #: Server uuids whose NIC switch was tried (``ensure``): once per process, the cloud is not hammered.
         self._switch_tried: set[str] = set()
+        #: The server cache's clock at the last successful switch (a snapshot older than it is out of date).
+        self._switched_at = float("-inf")
         self.eligibility_checked = asyncio.Event()
+        self._recheck = asyncio.Event()
         self.watcher.add_handler(self._on_service)
+        nodes.add_handler(self._on_node)
 
     # ------------------------------------------------------------------ events in
 
@@ -108,6 +114,12 @@ class LoadBalancerController:
                 self.queue.add("")  # the empty key: re-sync the announcer's pool
             return
         self.queue.add(key)
+
+    def _on_node(self, name: str, old: NodeView | None, new: NodeView | None) -> None:
+        """A Node appeared, went, or got its providerID or our label changed: check eligibility now."""
+        if old is None or new is None or (old.provider_id, old.labels.get(ELIGIBLE_LABEL)) != (
+                new.provider_id, new.labels.get(ELIGIBLE_LABEL)):
+            self._recheck.set()
 
     # ------------------------------------------------------------------ running
 
@@ -198,6 +210,12 @@ class LoadBalancerController:
         self._report(view, decision, time.monotonic() - started)
         return decision
 
+    def _requeue_waiting(self, released_by: str) -> None:
+        """An IP was freed: the Services still waiting for one are decided again now, not after their backoff."""
+        for key in list(self.watcher.store):
+            if key != released_by and key not in self.held:
+                self.queue.add(key)
+
     def _observe(self, obj: JSON) -> JSON:
         self.watcher.observe(obj)
         return self.watcher.store.get(f"{obj['metadata']['namespace']}/{obj['metadata']['name']}") or obj
@@ -215,6 +233,7 @@ class LoadBalancerController:
                     await self.applier.release(ip)
             self.held.pop(view.key, None)
             await self._sync_pool()
+            self._requeue_waiting(view.key)
             if not view.deleting:
                 for write in (self.applier.set_annotations, self.applier.set_status):
                     written = await write(view, None)
@@ -284,19 +303,28 @@ class LoadBalancerController:
             except (CloudSigmaError, CredentialError) as exc:
                 log.warning("load_balancer_eligibility_unknown", error=str(exc))
             self.eligibility_checked.set()
-            await asyncio.sleep(self._eligibility_period)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._eligibility_period):
+                    await self._recheck.wait()
+            self._recheck.clear()
 
     async def check_eligibility(self) -> None:
         """Label the Nodes whose server has a manual public NIC, unlabel the others (``ensure``: switch them)."""
         before = bool(self.eligible)
         snapshot = await self._cache.get()
+        if snapshot.fetched_at <= self._switched_at:
+            # A NIC was switched after this snapshot was taken: it would call the server ineligible again.
+            snapshot = await self._cache.refresh(newer_than=self._switched_at)
         eligible: set[str] = set()
+        refreshed = False
         for node in list(self._nodes.store.values()):
             try:
-                uuid = parse_provider_id(node.provider_id) if node.provider_id else ""
+                uuid = parse_provider_id(node.provider_id).lower() if node.provider_id else ""
             except ForeignProviderID:
                 continue
-            server = snapshot.by_uuid.get(uuid.lower()) if uuid else None
+            if uuid and uuid not in snapshot.by_uuid and not refreshed:
+                snapshot, refreshed = await self._cache.refresh(newer_than=snapshot.fetched_at), True
+            server = snapshot.by_uuid.get(uuid) if uuid else None
             if server is None:
                 continue
             ok = has_manual_nic(server)
@@ -314,7 +342,11 @@ class LoadBalancerController:
         labelled = node.labels.get(ELIGIBLE_LABEL) == "true"
         if ok != labelled or (not ok and ELIGIBLE_LABEL in node.labels):
             try:
-                self._nodes.observe(await self.applier.label_node(node, ok))
+                try:
+                    written = await self.applier.label_node(node, ok)
+                except Conflict:  # the node controller wrote it meanwhile: once more on the current object
+                    written = await self.applier.label_node(node_view(await get_node(self._kube, node.name)), ok)
+                self._nodes.observe(written)
             except KubeError as exc:
                 log.warning("load_balancer_node_label_failed", node=node.name, **exc.log_fields())
         state = "eligible" if ok else "not-manual"
@@ -323,11 +355,11 @@ class LoadBalancerController:
         self._node_noted[node.uid] = state
         log.info("load_balancer_node_eligibility", node=node.name, server_uuid=server_uuid, eligible=ok)
         if ok:
-            self._events.record(node_ref(node), ObjectEvent.normal(
+            self._events.record_for(node.event_ref(), ObjectEvent.normal(
                 "LoadBalancerEligible", f"server {server_uuid} has a public NIC with ip_v4_conf.conf manual: this "
                 "Node can carry load-balancer IPs"))
         else:
-            self._events.record(node_ref(node), ObjectEvent.warning(
+            self._events.record_for(node.event_ref(), ObjectEvent.warning(
                 "LoadBalancerNICNotManual", f"server {server_uuid} has no public NIC with ip_v4_conf.conf manual, so "
                 "CloudSigma's firewall drops traffic to load-balancer IPs on it: stop the server, set its public "
                 "NIC's ip_v4_conf to {\"conf\": \"manual\"}, start it (or run with --load-balancer-nic=ensure)"))
@@ -345,11 +377,12 @@ class LoadBalancerController:
         log.warning("load_balancer_nic_switch", node=node.name, server_uuid=server_uuid,
                     status=definition.get("status"), switched=switched, evidence="GET /servers/{uuid}/ after PUT")
         if switched:
-            self._events.record(node_ref(node), ObjectEvent.normal(
+            self._switched_at = self._cache.now()
+            self._events.record_for(node.event_ref(), ObjectEvent.normal(
                 "LoadBalancerNICSwitched", f"switched server {server_uuid}'s public NIC to ip_v4_conf manual"))
         else:
             self._node_noted[node.uid] = "ignored"
-            self._events.record(node_ref(node), ObjectEvent.warning(
+            self._events.record_for(node.event_ref(), ObjectEvent.warning(
                 "LoadBalancerNICSwitchIgnored", f"the cloud accepted but ignored the switch of server {server_uuid}'s "
                 f"public NIC to manual (it is {definition.get('status')}; CloudSigma ignores NIC changes of a running "
                 "server): stop the server, switch the NIC, start it"))
@@ -401,10 +434,6 @@ class LoadBalancerController:
         elif decision.verdict is Verdict.RELEASE and decision.release:
             self._events.record_for(ref, ObjectEvent.normal(
                 "IPReleased", f"released IP {', '.join(decision.release)} (claim removed from the IP)"))
-
-
-def node_ref(node: NodeView) -> dict[str, str]:
-    return node.event_ref()
 
 
 
