@@ -190,6 +190,40 @@ async def test_twenty_services_across_two_tenants_of_one_owner_get_distinct_ips_
         await api_b.close()
 
 
+async def test_two_clusters_racing_for_the_last_ip_one_gets_it_and_the_other_waits(
+        world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, cluster: ApiClient,
+        tenant_b: KubeAPIServer) -> None:
+    """One free IP, one Service in each of two clusters of the owner, decided at the same moment (a claim write
+    takes 150 ms, so both listings see the IP free and both claims are written): the listing taken after the
+    settle time shows one claim, so exactly one Service gets the IP and the other waits with an Event."""
+    [last] = subscribe(world, 1)
+    world.delay_next(None, 150, path_prefix="/ips/", method="PUT")
+    api_b = await api_client_for(tenant_b.admin_kubeconfig)
+    try:
+        await add_nodes(world, cluster, ["lb-a1"])
+        await add_nodes(world, api_b, ["lb-b1"])
+        async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, cluster_name="tenant-a", **LB), \
+                running_ccm(tenant_b.admin_kubeconfig, emulator, cluster_name="tenant-b", **LB):
+            await asyncio.gather(create_service(cluster, "race"), create_service(api_b, "race"))
+
+            async def one_winner() -> tuple[str, ApiClient] | None:
+                got = {t: ingress(await service(api, "race")) for t, api in (("a", cluster), ("b", api_b))}
+                assert list(got.values()).count(last) <= 1, got  # never both
+                loser = api_b if got["a"] else cluster if got["b"] else None
+                if loser is None or not await events_of(loser, "race", "IPAllocationFailed"):
+                    return None
+                return ("a" if got["a"] else "b"), loser
+
+            winner, loser = await wait_for(one_winner, 20, message="one winner, one Event")
+            await asyncio.sleep(1.0)
+            assert await one_winner() is not None and ingress(await service(loser, "race")) is None
+            assert claims(world)[last] == (f"tenant-{winner}", f"{NS}/race")
+            assert len(world.requests_to("PUT /ips/{ip}/")) >= 2  # both wrote: the check decided, not luck
+    finally:
+        await reset_cluster(api_b)
+        await api_b.close()
+
+
 async def test_exhausted_pool_leaves_the_rest_pending_with_one_event_and_a_deletion_frees_an_ip(
         world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, cluster: ApiClient) -> None:
     three = subscribe(world, 3)
