@@ -27,7 +27,6 @@ from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.fetching import get_node
 from ccm.kube.informer import Informer, LogEvents
 from ccm.kube.transport import JSON, KubeTransport
-from ccm.nodes.watching import NodeWatcher
 from ccm.loadbalancer.announcer import ELIGIBLE_LABEL
 from ccm.loadbalancer.apply import LoadBalancerApplier
 from ccm.loadbalancer.decide import CLAIM_LOST, CLOUD_UNAVAILABLE, Decision, Verdict, decide
@@ -38,6 +37,7 @@ from ccm.loadbalancer.listing import IpListings, Listing
 from ccm.loadbalancer.service import FINALIZER, STATIC_POOL, ServiceView, service_view
 from ccm.metrics import Metrics
 from ccm.nodes.view import NodeView, node_view
+from ccm.nodes.watching import NodeWatcher
 from ccm.providerid import ForeignProviderID, parse_provider_id
 from ccm.servercache import ServerCache
 from ccm.workqueue import Next, WorkQueue, run_worker

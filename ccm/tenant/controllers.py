@@ -4,8 +4,8 @@
 This is the tenant runtime both process shapes share: the single-tenant process (:mod:`ccm.single.process`) runs one
 tenant on it, a fleet replica (:mod:`ccm.fleet`) one per tenant it serves. It builds the node controller, the
 lifecycle controller, the account monitor, the optional CSR approver and load-balancer controller and the cloud
-labels, and nothing else: no signals, no health server, no leader election (:mod:`ccm.process`). New per-tenant controllers are built in
-:func:`build_tenant` and started in :func:`run_controllers`.
+labels, and nothing else: no signals, no health server, no leader election (:mod:`ccm.process`). New per-tenant
+controllers are built in :func:`build_tenant` and started in :func:`run_controllers`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from tests.integration.harness import ALICE, running_ccm, two_users
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.metallb import install_metallb_crds
-from tests.realenv.nodes import register_node, wait_for
+from tests.realenv.nodes import delete_all_nodes, register_node, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_nodes")]
 
@@ -128,6 +128,7 @@ async def tenant_b(kube_apiserver_factory: Callable[..., KubeAPIServer]) -> Kube
     api = await api_client_for(server.admin_kubeconfig)
     try:
         await reset_cluster(api)
+        await delete_all_nodes(api)
     finally:
         await api.close()
     return server
