@@ -509,7 +509,7 @@ class EmulatorState:
         to the server's by ``mac``; only its ``ip_v4_conf``/``ip_v6_conf`` change (``manual``/``dhcp`` drop the
         address, ``static`` needs one the owner holds)."""
         srv = self.servers[server_uuid]
-        for key in ("name", "cpu", "mem", "vnc_password"):
+        for key in ("name", "cpu", "mem", "vnc_password"):  # the docs' minimal edit (request_server_edit_minimal)
             if key not in body:
                 raise ValueError(f"{key} is required")
         if "meta" in body:
