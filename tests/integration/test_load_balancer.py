@@ -359,3 +359,22 @@ async def test_ensure_switches_the_nic_and_reports_when_the_cloud_ignores_it(
     assert len(world.requests_to("PUT /servers/{uuid}/")) == 1  # one try per server, not one per pass
     assert {k: v for k, v in server.items() if k not in ("nics", "runtime")} == before  # nothing else changed
 
+
+
+async def test_kube_vip_gets_its_annotation_and_no_metallb_objects(
+        world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, cluster: ApiClient) -> None:
+    [address] = subscribe(world, 1)
+    await add_nodes(world, cluster, ["lb-v1"])
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, cluster_name="c1",
+                           **(LB | {"load_balancer": "kube-vip"})):
+        await create_service(cluster, "vip")
+        assert await wait_for(lambda: ips_of(cluster, ["vip"]), 20) == {"vip": address}
+        svc = await service(cluster, "vip")
+        assert svc is not None
+        annotations = svc["metadata"]["annotations"]
+        assert annotations["kube-vip.io/loadbalancerIPs"] == address and "metallb.io/loadBalancerIPs" not in annotations
+        await wait_for(lambda: _labelled(cluster, "lb-v1"), 10)  # kube-vip's own election picks among all Nodes
+    assert await pool_addresses(cluster) is None
+    with contextlib.suppress(KubeNotFound):
+        await KubeTransport(cluster).request("GET", L2)
+        raise AssertionError("an L2Advertisement was written in kube-vip mode")
