@@ -190,6 +190,8 @@ class LoadBalancerController:
         if obj is None:
             return None
         view = service_view(obj)
+        if not view.ours and not view.has_finalizer:
+            return Decision(Verdict.SKIP)  # another class: not ours to look at
         started = time.monotonic()
         try:
             if view.wants_ip and not view.has_finalizer:
