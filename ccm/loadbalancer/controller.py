@@ -150,12 +150,28 @@ class LoadBalancerController:
             except (CloudSigmaError, CredentialError) as exc:
                 log.warning("load_balancer_listing_failed", error=str(exc), retry_in=5)
                 await asyncio.sleep(5)
+        orphans: list[CloudIp] = []
         for address, ip in held_by(listing.ips, self.cluster).items():
             assert ip.claim is not None
-            if ip.claim.service in self.watcher.store:
+            obj = self.watcher.store.get(ip.claim.service)
+            if obj is not None and (not ip.claim.uid or service_view(obj).uid == ip.claim.uid):
                 self.held[ip.claim.service] = address
-        log.info("load_balancer_claims_recovered", cluster=self.cluster, held=len(self.held),
+            else:
+                orphans.append(ip)
+        log.info("load_balancer_claims_recovered", cluster=self.cluster, held=len(self.held), orphans=len(orphans),
                  listing_age_s=round(listing.age(), 3), request_ids=list(listing.request_ids))
+        for ip in orphans:
+            # Its Service object is gone (its finalizer was removed by hand, or it was recreated): a claim nobody
+            # can release. The Service list was read after start-up; a Service that shows up later with this IP in
+            # its status claims it again.
+            assert ip.claim is not None
+            log.warning("load_balancer_orphan_claim_released", ip=ip.address, service=ip.claim.service,
+                        service_uid=ip.claim.uid, evidence="services list + ips listing",
+                        listing_age_s=round(listing.age(), 3))
+            try:
+                await self.applier.release(ip)
+            except (CloudSigmaError, CredentialError) as exc:
+                log.warning("load_balancer_release_failed", ip=ip.address, error=str(exc))
         self._count(listing)
 
     async def _worker(self, index: int) -> None:
