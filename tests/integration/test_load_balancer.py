@@ -15,13 +15,19 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
+from ccm.config import load_settings
+from ccm.fleet.runtime import TenantRuntime
+from ccm.fleet.shared import CredentialUsers, fleet_services
 from ccm.kube.errors import KubeNotFound
 from ccm.kube.transport import KubeTransport
 from ccm.loadbalancer.announcer import ELIGIBLE_LABEL, POOL_NAME
 from ccm.loadbalancer.ipam import CLAIM_CLUSTER, CLAIM_SERVICE
 from ccm.loadbalancer.service import FINALIZER
+from ccm.logging import Redactor
+from ccm.metrics import Metrics
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic, public_manual_nic
-from tests.integration.harness import ALICE, running_ccm, two_users
+from tests.integration.harness import ALICE, CLIENT_ID, CLIENT_SECRET, running_ccm, two_users
+from tests.integration.test_fleet_runtime import _open_fence, fleet_settings, spec
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.metallb import install_metallb_crds
@@ -383,3 +389,44 @@ async def test_kube_vip_gets_its_annotation_and_no_metallb_objects(
     with contextlib.suppress(KubeNotFound):
         await KubeTransport(cluster).request("GET", L2)
         raise AssertionError("an L2Advertisement was written in kube-vip mode")
+
+
+async def test_fleet_handover_keeps_every_ip(world: EmulatorState, emulator: EmulatorServer,
+                                             kube_apiserver: KubeAPIServer, cluster: ApiClient) -> None:
+    """A tenant served by one fleet replica's runtime, then handed to another replica's (its own shared services,
+    as in another pod): the new one holds the same IPs from the claims in the cloud and writes none again."""
+    world.add_client(CLIENT_ID, CLIENT_SECRET, may_exchange=True)
+    subscribe(world, 4)
+    await add_nodes(world, cluster, ["lb-f1"])
+    settings = load_settings(fleet_settings(emulator, **LB))
+    tenant = spec(kube_apiserver, "lb", ALICE)
+    names = ["f-0", "f-1", "f-2"]
+
+    async def serve(replica: str) -> tuple[TenantRuntime, Any]:
+        metrics = Metrics()
+        services = fleet_services(settings, Redactor(), metrics)
+        runtime = TenantRuntime(tenant, services, credentials=CredentialUsers(services), fence=_open_fence(),
+                                metrics=metrics.for_cluster(tenant.key), replica=replica, fleet="test")
+        runtime.start()
+        return runtime, services
+
+    first, services = await serve("r1")
+    try:
+        await asyncio.gather(*(create_service(cluster, n) for n in names))
+        got = await wait_for(lambda: ips_of(cluster, names), 30, message="the IPs under replica r1")
+        assert {claims(world)[ip] for ip in got.values()} == {(tenant.key, f"{NS}/{n}") for n in names}
+    finally:
+        await first.stop(1.0)
+        await services.close()
+    writes = len(world.requests_to("PUT /ips/{ip}/"))
+    second, services = await serve("r2")
+    try:
+        await wait_for(lambda: second.parts is not None and second.parts.load_balancer is not None
+                       and len(second.parts.load_balancer.held) == 3, 20, message="r2 to hold the IPs")
+        await asyncio.sleep(1.0)
+        assert await ips_of(cluster, names) == got
+        assert await pool_addresses(cluster) == sorted(got.values())
+    finally:
+        await second.stop(1.0)
+        await services.close()
+    assert len(world.requests_to("PUT /ips/{ip}/")) == writes
