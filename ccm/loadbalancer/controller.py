@@ -360,11 +360,15 @@ class LoadBalancerController:
         labelled = node.labels.get(ELIGIBLE_LABEL) == "true"
         if ok != labelled or (not ok and ELIGIBLE_LABEL in node.labels):
             try:
-                try:
-                    written = await self.applier.label_node(node, ok)
-                except Conflict:  # the node controller wrote it meanwhile: once more on the current object
-                    written = await self.applier.label_node(node_view(await get_node(self._kube, node.name)), ok)
-                self._nodes.observe(written)
+                current = node
+                for attempt in range(5):
+                    try:
+                        self._nodes.observe(await self.applier.label_node(current, ok))
+                        break
+                    except Conflict:  # the node controller wrote it meanwhile: again on the current object
+                        if attempt == 4:
+                            raise
+                        current = node_view(await get_node(self._kube, node.name))
             except KubeError as exc:
                 log.warning("load_balancer_node_label_failed", node=node.name, **exc.log_fields())
         state = "eligible" if ok else "not-manual"
