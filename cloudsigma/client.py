@@ -50,7 +50,7 @@ __all__ = ["CloudSigmaClient", "CredentialSource", "IpList", "RequestRecord", "R
 
 USER_AGENT = "cloudsigma-ccm/0.1 (+kubernetes cloud controller manager)"
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_IP_SEGMENT_RE = re.compile(r"/ips/[^/]+/")
+_IP_SEGMENT_RE = re.compile(r"/ips/(?!detail/)[^/]+/")  # an address, never the detail listing
 _RETRYABLE_ERROR_TYPES = {"concurrency", "backend", "database"}
 
 log = structlog.get_logger(__name__)

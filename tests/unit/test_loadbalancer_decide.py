@@ -165,3 +165,10 @@ def test_nic_switch_body_keeps_writable_fields_and_drops_read_only_ones() -> Non
     assert body["vnc_password"] == "pw" and body["drives"] == server["drives"] and body["meta"] == {"k": "v"}
     assert body["nics"][1] == {"mac": "22:bb", "vlan": {"uuid": "v1"}, "ip_v4_conf": None}
     assert manual_definition({"nics": [{"vlan": {"uuid": "v"}, "ip_v4_conf": None}]}) is None
+
+
+def test_request_endpoints_name_the_ip_listing_apart_from_one_ip() -> None:
+    from cloudsigma.client import endpoint_of
+
+    assert endpoint_of("ips/detail/") == "/ips/detail/"
+    assert endpoint_of("ips/185.1.1.2/") == "/ips/{ip}/"
