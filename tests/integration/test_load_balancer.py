@@ -241,7 +241,7 @@ async def test_exhausted_pool_leaves_the_rest_pending_with_one_event_and_a_delet
     three = subscribe(world, 3)
     await add_nodes(world, cluster, ["lb-n1"])
     names = [f"web-{i}" for i in range(5)]
-    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, cluster_name="c1", **LB):
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, cluster_name="c1", **LB) as ccm:
         await asyncio.gather(*(create_service(cluster, n) for n in names))
 
         async def settled() -> tuple[dict[str, str | None], list[str]] | None:
@@ -260,6 +260,13 @@ async def test_exhausted_pool_leaves_the_rest_pending_with_one_event_and_a_delet
         for n in waiting:
             [event] = await events_of(cluster, n, "IPAllocationFailed")
             assert event["type"] == "Warning" and "no free IP" in event["message"] and event["count"] == 1
+        for n in (n for n in names if n not in waiting):
+            [allocated] = await events_of(cluster, n, "IPAllocated")
+            assert got[n] in allocated["message"]
+        text = ccm.parts.metrics.render().decode()
+        assert 'cloudsigma_ccm_load_balancer_ips{cluster="c1",pool="static",state="held"} 3.0' in text
+        assert 'cloudsigma_ccm_load_balancer_ips{cluster="c1",pool="static",state="free"} 0.0' in text
+        assert 'load_balancer_allocation_failures_total{cluster="c1",reason="pool_exhausted"}' in text
         # Deleting a Service releases its IP (claim removed in the cloud) and a waiting Service gets it.
         gone = next(n for n, ip in got.items() if ip)
         freed = got[gone]
