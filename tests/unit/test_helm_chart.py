@@ -45,6 +45,8 @@ PAIRS: dict[str, tuple[list[str], list[Path], str]] = {
                                      [DEPLOY / "tenant" / "without-deletion"], "kube-system"),
     "tenant-rbac-csr-approval": (["tenant-rbac.yaml", "tenant-rbac-csr-approval.yaml"],
                                  [DEPLOY / "tenant", DEPLOY / "tenant" / "csr-approval"], "kube-system"),
+    "tenant-rbac-load-balancer": (["tenant-rbac.yaml", "tenant-rbac-load-balancer.yaml"],
+                                  [DEPLOY / "tenant", DEPLOY / "tenant" / "load-balancer"], "kube-system"),
 }
 
 
