@@ -347,7 +347,14 @@ class LoadBalancerController:
                 continue
             ok = has_manual_nic(server)
             if not ok and self.nic_mode == "ensure" and server.uuid not in self._switch_tried:
-                ok = await self._switch(node, server.uuid)
+                try:
+                    ok = await self._switch(node, server.uuid)
+                except CloudSigmaError as exc:  # refused (400, 403...): say so on the Node, go on with the others
+                    log.warning("load_balancer_nic_switch_failed", node=node.name, server_uuid=server.uuid,
+                                **exc.log_fields())
+                    self._events.record_for(node.event_ref(), ObjectEvent.warning(
+                        "LoadBalancerNICSwitchFailed", f"switching server {server.uuid}'s public NIC to manual "
+                        f"failed: {exc.message}"))
             if ok:
                 eligible.add(node.name)
             await self._label(node, ok, server.uuid)

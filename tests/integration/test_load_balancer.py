@@ -353,13 +353,15 @@ async def _labelled(api: ApiClient, name: str) -> bool:
     return (await node_labels(api, name)).get(ELIGIBLE_LABEL) == "true"
 
 
-@pytest.mark.parametrize("cloud", ["ignore", "apply"])
+@pytest.mark.parametrize("cloud", ["ignore", "apply", "refuse"])
 async def test_ensure_switches_the_nic_and_reports_when_the_cloud_ignores_it(
         world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, cluster: ApiClient,
         cloud: str) -> None:
     """servers.rst: a running server ignores NIC changes (``ignore``); kube-dc reports the switch working
     (``apply``). Either way the CCM reads the server again and says what happened."""
-    world.running_server_changes = cloud  # type: ignore[assignment]
+    world.running_server_changes = "apply" if cloud == "apply" else "ignore"
+    if cloud == "refuse":
+        world.fail_next(1, status=400, error_type="validation", path_prefix="/servers/", method="PUT")
     await add_nodes(world, cluster, ["lb-e1"], manual=False)
     server = world.servers_of(ALICE)[0]
     before = {k: v for k, v in server.items() if k not in ("nics", "runtime")}
@@ -370,6 +372,11 @@ async def test_ensure_switches_the_nic_and_reports_when_the_cloud_ignores_it(
             assert "ignored" in event["message"] and server["uuid"] in event["message"]
             assert ELIGIBLE_LABEL not in await node_labels(cluster, "lb-e1")
             assert server["nics"][0]["ip_v4_conf"]["conf"] == "dhcp"
+        elif cloud == "refuse":
+            [event] = await wait_for(lambda: node_events(cluster, "lb-e1", "LoadBalancerNICSwitchFailed"), 20)
+            assert server["uuid"] in event["message"]
+            await wait_for(lambda: node_events(cluster, "lb-e1", "LoadBalancerNICNotManual"), 10)
+            assert ELIGIBLE_LABEL not in await node_labels(cluster, "lb-e1")
         else:
             await wait_for(lambda: node_events(cluster, "lb-e1", "LoadBalancerNICSwitched"), 20)
             await wait_for(lambda: _labelled(cluster, "lb-e1"), 10)
