@@ -86,6 +86,17 @@ class MetricFamilies:
             "cloudsigma_ccm_cloudsigma_budget_waits_total",
             "CloudSigma requests that waited for the region's shared request budget (fleet mode).", [c, "region"],
             registry=r)
+        self.token_broker_writes = Counter(
+            "cloudsigma_ccm_token_broker_writes_total", "Token broker Secret writes by target and what the Secret "
+            "holds afterwards (written: a new token; kept: the last valid one, impersonation failing; empty: no "
+            "token).", [c, "target", "state"], registry=r)
+        self.token_broker_failures = Counter(
+            "cloudsigma_ccm_token_broker_failures_total", "Token broker sync failures by target and reason (an "
+            "impersonation failure's reason, not_managed, namespace_missing, forbidden, kubernetes).",
+            [c, "target", "reason"], registry=r)
+        self.token_broker_expiry = Gauge(
+            "cloudsigma_ccm_token_broker_token_expiry_timestamp_seconds", "Expiry of the token a token broker "
+            "Secret holds (0: none); alert when it nears time().", [c, "target"], registry=r)
         # -- shared by the process (one token cache, one credential chain) --
         self.token_acquisitions = Counter("cloudsigma_ccm_token_acquisitions_total", "Credential acquisitions.",
                                           ["provider", "result"], registry=r)
@@ -157,6 +168,9 @@ class Metrics:
         self.lease_failures = _Bound(f.lease_failures, cluster)
         self.kube_writes = _Bound(f.kube_writes, cluster)
         self.cloud_budget_waits = _Bound(f.cloud_budget_waits, cluster)
+        self.token_broker_writes = _Bound(f.token_broker_writes, cluster)
+        self.token_broker_failures = _Bound(f.token_broker_failures, cluster)
+        self.token_broker_expiry = _Bound(f.token_broker_expiry, cluster)
         self.queue_depth = f.queue_depth.labels(cluster)
         self.leader = f.leader.labels(cluster)
         self.snapshot_refreshes = f.snapshot_refreshes.labels(cluster)

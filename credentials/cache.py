@@ -147,6 +147,20 @@ class TokenCache:
     def in_flight(self, key: CacheKey) -> bool:
         return key in self._inflight
 
+    def refresh_at(self, key: CacheKey) -> float | None:
+        """When (clock seconds) the stored token of ``key`` enters its refresh window, so a caller asking then gets
+        it replaced; ``None`` when nothing expiring is stored."""
+        entry = self._entries.get(key)
+        if entry is None or entry.credential.expires_at is None:
+            return None
+        return entry.credential.expires_at - self._refresh_threshold(entry)
+
+    async def settle(self, key: CacheKey) -> None:
+        """Wait until the acquisition in flight for ``key`` (a background refresh) has finished, however it ended."""
+        task = self._inflight.get(key)
+        if task is not None:
+            await asyncio.wait({task})
+
     def __len__(self) -> int:
         return len(self._entries)
 
