@@ -140,6 +140,11 @@ class TokenCache:
         """Seconds until ``key`` may try to acquire again, or ``None`` when it is not backing off."""
         return self._backoff_left(key, self._clock())
 
+    def last_error(self, key: CacheKey) -> BaseException | None:
+        """The error of ``key``'s last acquisition when it failed (cleared by a success)."""
+        state = self._backoff.get(key)
+        return state.error if state is not None else None
+
     def failures(self, key: CacheKey) -> int:
         state = self._backoff.get(key)
         return state.failures if state is not None else 0

@@ -204,6 +204,12 @@ class CredentialChain:
         seconds), or ``None`` when it holds none that expires."""
         return self.cache.refresh_at(CacheKey.of(normalize_email(user_email), region, name))
 
+    def refresh_error(self, name: str, user_email: str, region: str) -> CredentialError | None:
+        """Why provider ``name``'s last acquisition for ``user_email`` in ``region`` failed (e.g. the background
+        refresh of a token that is still served), or ``None`` when it succeeded."""
+        error = self.cache.last_error(CacheKey.of(normalize_email(user_email), region, name))
+        return error if isinstance(error, CredentialError) else None
+
     def invalidate(self, credential: Credential) -> None:
         """Forget a credential the API refused (401), so the next :meth:`get` acquires a new one."""
         dropped = self.cache.invalidate_credential(credential)

@@ -27,7 +27,7 @@ from ccm.kube.events import EventRecorder, ObjectEvent
 from ccm.kube.transport import JSON, KubeTransport
 from ccm.metrics import Metrics
 from ccm.tokenbroker.apply import NamespaceMissing, read, write
-from ccm.tokenbroker.decide import Action, Facts, Failure, Plan, Token, decide, usable_token
+from ccm.tokenbroker.decide import EXPIRY_LEAD, Action, Facts, Failure, Plan, Token, decide, usable_token
 from ccm.tokenbroker.secret import Target, format_time
 from credentials.base import Credential, CredentialError
 from credentials.chain import CredentialChain
@@ -96,15 +96,16 @@ class TokenBroker:
         trouble = not healthy
         if isinstance(token, Token):
             due = self._chain.refresh_at(self._provider, self.facts.owner, self.facts.region)
+            wake = min(wake, token.expires_at - EXPIRY_LEAD)
             if due is not None and due > now:
                 wake = min(wake, due)
             else:
-                trouble = True  # the cache's refresh failed (it is backing off): the token in hand is still valid
+                trouble = True  # the cache has not replaced it yet (a refresh in flight elsewhere, or backing off)
         else:
             trouble = True
             for status in self._status.values():
                 if status.state == "kept" and status.token_expires_at is not None:
-                    wake = min(wake, status.token_expires_at)  # empty it the moment it expires
+                    wake = min(wake, status.token_expires_at - EXPIRY_LEAD)  # empty it before it expires
         if trouble:
             wake = min(wake, now + self._retry)
             self._retry = min(self._retry * 2, RETRY_MAX)
@@ -120,9 +121,17 @@ class TokenBroker:
             return Failure(exc.reason, exc.message)
         except KeyError:
             return Failure("not_configured", f"the credential chain has no provider {self._provider!r}")
-        token = usable_token(credential, owner=owner, provider=self._provider, region=region, now=self._clock())
-        if isinstance(token, Token) and self._teach is not None:
+        now = self._clock()
+        token = usable_token(credential, owner=owner, provider=self._provider, region=region, now=now)
+        if not isinstance(token, Token):
+            return token
+        if self._teach is not None:
             self._teach(credential)
+        due = self._chain.refresh_at(self._provider, owner, region)
+        error = self._chain.refresh_error(self._provider, owner, region)
+        if due is not None and due <= now and error is not None:
+            # The cache still serves this token, but could not replace it: say so, and drop it before it expires.
+            return Failure(error.reason, error.message, last_valid=token)
         return token
 
     # ------------------------------------------------------------------ one target

@@ -24,7 +24,11 @@ from ccm.tokenbroker.secret import SecretView, Target
 from credentials.base import Credential
 from credentials.claims import decode_claims
 
-__all__ = ["Action", "Facts", "Failure", "Plan", "Token", "decide", "usable_token"]
+__all__ = ["EXPIRY_LEAD", "Action", "Facts", "Failure", "Plan", "Token", "decide", "usable_token"]
+
+#: A kept token is emptied this long before it expires, so that with the write's own latency no reader ever gets
+#: an expired token from the Secret (a token with seconds left is of no use to a client anyway).
+EXPIRY_LEAD = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,12 @@ class Token:
 
 @dataclass(frozen=True)
 class Failure:
-    """Why there is no usable token now: a short stable ``reason`` and a message saying what to fix."""
+    """Why there is no new token: a short stable ``reason`` and a message saying what to fix — and the last valid
+    token the chain still holds when only its refresh failed."""
 
     reason: str
     message: str
+    last_valid: Token | None = None
 
 
 class Action(Enum):
@@ -91,10 +97,15 @@ def usable_token(credential: Credential, *, owner: str, provider: str, region: s
     requested = (identity.requested_subject or "").strip().lower()
     if requested != owner.strip().lower():
         return Failure("wrong_subject", f"the token impersonates {requested!r}, not the owner {owner!r}")
-    expires_at = credential.expires_at
-    if expires_at is None or expires_at <= now:
+    claims = decode_claims(credential.secret.get_secret_value())
+    exp = claims.get("exp")
+    # The token's own exp wins over the cache's reckoning (the request's start + expires_in: up to a second later,
+    # as the issuer floors iat to whole seconds).
+    expires_at = min(credential.expires_at or float(exp), float(exp)) if isinstance(exp, int | float) and \
+        not isinstance(exp, bool) else credential.expires_at
+    if expires_at is None or expires_at <= now + EXPIRY_LEAD:
         return Failure("token_expired", "the impersonated token has no future expiry")
-    iat = decode_claims(credential.secret.get_secret_value()).get("iat")
+    iat = claims.get("iat")
     issued_at = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else now
     return Token(credential.secret.get_secret_value(), expires_at, issued_at, credential.api_url(region))
 
@@ -130,6 +141,13 @@ def _same(current: SecretView, data: dict[str, str], annotations: dict[str, str 
             and all(current.annotations.get(k) == v for k, v in annotations.items()))
 
 
+def _refresh_failing(facts: Facts, failure: Failure, expires_at: float) -> ObjectEvent:
+    return ObjectEvent.warning(
+        "TokenRefreshFailing", f"no new impersonated, verified token for {facts.owner} in {facts.region} "
+        f"({failure.reason}): the last valid token stays until it expires at {s.format_time(expires_at)}, then "
+        "access_token is emptied; nothing else is ever written in its place")
+
+
 def decide(target: Target, current: SecretView | None, token: Token | Failure, facts: Facts, now: float) -> Plan:
     """The plan for ``target``: ``current`` as read (None: it does not exist), ``token`` the owner's usable token or
     why there is none, ``facts`` whose it is."""
@@ -146,15 +164,22 @@ def decide(target: Target, current: SecretView | None, token: Token | Failure, f
         return Plan(Action.CREATE if current is None else Action.UPDATE, _body(target, current, data, annotations),
                     state="written", token_expires_at=token.expires_at)
     error = f"{token.reason}: {token.message}"[:500]
+    last = token.last_valid
+    if last is not None and last.expires_at - EXPIRY_LEAD > now:
+        # Only the refresh failed: the last valid token is (still, or again) what the Secret holds, with the error.
+        data, annotations = _desired(facts, last)
+        annotations[s.LAST_ERROR] = error
+        event = _refresh_failing(facts, token, last.expires_at)
+        if current is not None and _same(current, data, annotations):
+            return Plan(Action.NONE, state="kept", token_expires_at=last.expires_at, event=event)
+        return Plan(Action.CREATE if current is None else Action.UPDATE, _body(target, current, data, annotations),
+                    state="kept", token_expires_at=last.expires_at, event=event)
     held = current.token_expires_at if current is not None else None
-    if (current is not None and held is not None and held > now
+    if (current is not None and held is not None and held - EXPIRY_LEAD > now
             and current.annotations.get(s.OWNER) == facts.owner and current.annotations.get(s.REGION) == facts.region):
         # Impersonation fails, but the token it holds is still valid and the owner's: it stays until it expires.
         kept_annotations: dict[str, str | None] = {s.LAST_ERROR: error}
-        event = ObjectEvent.warning(
-            "TokenRefreshFailing", f"no impersonated, verified token for {facts.owner} in {facts.region} "
-            f"({token.reason}): the last valid token stays until it expires at {s.format_time(held)}, then "
-            "access_token is emptied; nothing else is ever written in its place")
+        event = _refresh_failing(facts, token, held)
         if _same(current, {}, kept_annotations):
             return Plan(Action.NONE, state="kept", token_expires_at=held, event=event)
         return Plan(Action.UPDATE, _body(target, current, {}, kept_annotations), state="kept", token_expires_at=held,

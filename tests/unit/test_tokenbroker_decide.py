@@ -115,3 +115,14 @@ def test_no_token_and_no_secret_creates_one_without_a_token_saying_why() -> None
     plan = decide(TARGET, None, FAILING, FACTS, NOW)
     assert plan.action is Action.CREATE and plan.body is not None and data_of(plan.body)["access_token"] == ""
     assert "access_denied" in plan.body["metadata"]["annotations"][s.LAST_ERROR]
+
+
+def test_a_failed_refresh_keeps_the_chains_last_valid_token_even_in_a_recreated_secret() -> None:
+    failing = Failure("invalid_client", "Keycloak refused the client", last_valid=TOKEN)
+    plan = decide(TARGET, None, failing, FACTS, NOW + 100)
+    assert plan.action is Action.CREATE and plan.state == "kept" and plan.body is not None
+    assert data_of(plan.body)["access_token"] == "tok-1"
+    assert plan.body["metadata"]["annotations"][s.LAST_ERROR].startswith("invalid_client")
+    # Within EXPIRY_LEAD of its expiry it is no longer handed out: emptied before it expires.
+    late = decide(TARGET, secret_view(stored(plan.body)), failing, FACTS, NOW + 299)
+    assert late.state == "empty" and late.body is not None and data_of(late.body)["access_token"] == ""
