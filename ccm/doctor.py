@@ -176,7 +176,7 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
                     + (" or set --node-deletion-enabled=false" if permission.when == "deletion" else ""))
             out.append(Check("rbac", label, "ok" if allowed else "fail", ("allowed" if allowed else "DENIED") + hint))
         for target in token_broker_targets(settings):
-            out.append(await _token_broker_check(kube, target))
+            out.append(await token_broker_check(kube, target))
         try:
             nodes, _ = await list_nodes(kube)
         except KubeError as exc:
@@ -189,7 +189,7 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
     return out
 
 
-async def _token_broker_check(kube: KubeTransport, target: Target) -> Check:
+async def token_broker_check(kube: KubeTransport, target: Target) -> Check:
     """What a token broker target holds (read from the tenant cluster, never the token): last write, the token's
     expiry, the last error."""
     try:

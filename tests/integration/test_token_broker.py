@@ -20,14 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.config import load_settings
 from ccm.daemon import TenantIdentity, build_services, build_tenant, kube_client
+from ccm.doctor import token_broker_check
+from ccm.health import HealthState, create_app
 from ccm.kube.errors import KubeNotFound
 from ccm.kube.transport import KubeTransport
 from ccm.logging import Redactor
 from ccm.tokenbroker import secret as s
+from ccm.tokenbroker.secret import parse_target
 from credentials.claims import decode_claims
 from credentials.http import HttpClient
 from credentials.jwks import IssuerKeys
@@ -156,7 +160,11 @@ async def test_the_secret_holds_the_owners_verified_token_rotated_before_expiry_
         ended = time.time()
         exchanged = await exchanges_since(broker_keycloak, started)
         acquired = metric(ccm, "cloudsigma_ccm_token_acquisitions_total", provider=PROVIDER, result="success")
-        debug = ccm.parts.broker.status() if ccm.parts.broker is not None else []
+        assert ccm.parts.broker is not None
+        health = HealthState(credentials=ccm.parts.chain.status, token_broker=ccm.parts.broker.status)
+        async with TestClient(TestServer(create_app(health, ccm.parts.metrics))) as http:
+            debug = await (await http.get("/debug/credentials")).json()
+        doctor = await token_broker_check(KubeTransport(kube_api), parse_target(target))
     tokens = list(dict.fromkeys(x.token for x in seen))
     assert len(tokens) >= 3, f"rotated {len(tokens) - 1} times in {3 * LIFESPAN} s"
     # Each token was replaced before it expired, with the chain's refresh margin (25 % of the lifetime) to spare.
@@ -185,9 +193,12 @@ async def test_the_secret_holds_the_owners_verified_token_rotated_before_expiry_
     # per refresh period (the node controller used the same tokens all along).
     assert exchanged == acquired, (exchanged, acquired)
     assert exchanged <= (ended - started) / REFRESH_PERIOD + 1, (exchanged, ended - started)
-    (status,) = debug
-    assert status["target"] == target and status["state"] in ("current", "written")
+    # /debug/credentials and doctor show the target: what it holds, the last write, the token's expiry, no error.
+    (status,) = debug["token_broker"]
+    assert status["target"] == target and status["state"] in ("current", "written") and status["last_write"]
     assert s.format_time(status["token_expires_at"]) == last.data["expires_at"] and status["last_error"] is None
+    assert doctor.status == "ok" and doctor.data["last_write"] and doctor.data["token_expires_at"]
+    assert not [t for t in tokens if t[:40] in str(debug) or t[:40] in doctor.detail]
     record_property("token_broker", {"lifetime_s": LIFESPAN, "window_s": round(ended - started, 1),
                                      "exchanges": exchanged, "tokens_seen": len(tokens)})
     print("token broker:", {"window_s": round(ended - started, 1), "exchanges": exchanged, "tokens": len(tokens)})
@@ -248,14 +259,16 @@ async def test_a_secret_not_managed_by_the_ccm_is_left_alone(
     async with broker_ccm(broker_keycloak, kube_apiserver, kube_api, emulator, target) as ccm:
         broker = ccm.parts.broker
         assert broker is not None
-        await wait_for(lambda: broker.status()[0]["state"] == "not-managed", 30, interval=0.2)
+        await wait_for(lambda: broker.status()[0]["state"] != "pending", 30, interval=0.2)  # its first pass
         for _ in range(2):
             await broker.sync()  # more passes: still one Event, still no write
         await broker.flush()
         after = await read(kube_api, target)
         events = await events_in(kube_api, ns)
+        state = broker.status()[0]
     assert before is not None and after is not None
     assert after.resource_version == before.resource_version and after.data == {"access_token": "someone-elses-token"}
+    assert state["state"] == "not-managed" and state["last_error"]["reason"] == "not_managed"
     assert [(e["reason"], e["count"], e["involvedObject"]["name"]) for e in events] == [
         ("TokenSecretNotManaged", 1, "cloudsigma-token")]
     assert s.MANAGED_BY_LABEL in events[0]["message"]
