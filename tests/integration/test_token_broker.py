@@ -24,12 +24,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio.client import ApiClient
 
 from ccm.config import load_settings
-from ccm.daemon import TenantIdentity, build_services, build_tenant, kube_client
 from ccm.doctor import token_broker_check
 from ccm.health import HealthState, create_app
 from ccm.kube.errors import KubeNotFound
 from ccm.kube.transport import KubeTransport
 from ccm.logging import Redactor
+from ccm.process.lifetime import kube_client
+from ccm.tenant.controllers import TenantIdentity, build_tenant
+from ccm.tenant.services import build_services
 from ccm.tokenbroker import secret as s
 from ccm.tokenbroker.secret import parse_target
 from credentials.claims import decode_claims
