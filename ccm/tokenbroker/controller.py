@@ -123,12 +123,14 @@ class TokenBroker:
             return Failure("not_configured", f"the credential chain has no provider {self._provider!r}")
         now = self._clock()
         token = usable_token(credential, owner=owner, provider=self._provider, region=region, now=now)
+        error = self._chain.refresh_error(self._provider, owner, region)
         if not isinstance(token, Token):
+            if token.reason == "token_expired" and error is not None:
+                return Failure(error.reason, error.message)  # expiring because it could not be replaced: say why
             return token
         if self._teach is not None:
             self._teach(credential)
         due = self._chain.refresh_at(self._provider, owner, region)
-        error = self._chain.refresh_error(self._provider, owner, region)
         if due is not None and due <= now and error is not None:
             # The cache still serves this token, but could not replace it: say so, and drop it before it expires.
             return Failure(error.reason, error.message, last_valid=token)
