@@ -24,6 +24,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ccm.shutdown import ShutdownBudget
 
+#: The token broker's target when it is just switched on: where kube-dc's CSI driver reads its token.
+DEFAULT_TOKEN_BROKER_TARGET = "cloudsigma-csi/cloudsigma-token"
 IMPERSONATION_STRATEGIES = ("keycloak-token-exchange", "cloudsigma-service-provider")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -211,6 +213,14 @@ class Settings(BaseSettings):
     load_balancer_claim_settle: float = Field(
         2.0, gt=0, description="How long a new claim on an IP must stand before the IP is given to a Service (a "
         "listing taken this long after the claim was written must still show it).")
+    token_broker: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Write the cluster owner's impersonated, verified token into Secrets of "
+        "the tenant cluster for its own CloudSigma clients (the CSI driver): off (default); on: "
+        f"{DEFAULT_TOKEN_BROKER_TARGET}; or namespace/secret targets (comma-separated). Needs "
+        "deploy/tenant/token-broker.")
+    token_broker_create_namespace: bool = Field(
+        False, description="Let the token broker create a target's namespace when it is missing (needs "
+        "deploy/tenant/token-broker-namespace).")
     termination_grace_period: float = Field(
         30.0, description="terminationGracePeriodSeconds of the pod: the shutdown timeout plus the event flush "
         "(2s), the lease release (3s) and the exit (2s) must fit in it; checked at start-up.")
@@ -319,6 +329,26 @@ class Settings(BaseSettings):
                     raise ValueError("must list names (comma-separated), e.g. pool,cluster")
                 if "*" in pattern[:-1]:
                     raise ValueError(f"has {pattern!r}: a '*' may only end a name (it matches by prefix)")
+        return value
+
+    @field_validator("token_broker", mode="before")
+    @classmethod
+    def _token_broker(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("", "off", "false", "none"):
+                return []
+            if text.lower() in ("on", "true"):
+                return [DEFAULT_TOKEN_BROKER_TARGET]
+            value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            for target in value:
+                namespace, _, name = str(target).partition("/")
+                if not (_DNS_LABEL.fullmatch(namespace) and _DNS_SUBDOMAIN.fullmatch(name) and len(name) <= 253):
+                    raise ValueError("must be on, off, or namespace/secret targets separated by commas, e.g. "
+                                     f"{DEFAULT_TOKEN_BROKER_TARGET}")
+            if len(set(value)) != len(value):
+                raise ValueError("names a target twice")
         return value
 
     @field_validator("impersonation_subject_claims", mode="before")
@@ -456,6 +486,11 @@ class Settings(BaseSettings):
                          "CLOUDSIGMA_USERNAME/CLOUDSIGMA_PASSWORD")
         if len(set(self.credential_chain)) != len(self.credential_chain):
             raise _cross("credential_chain", "lists a provider twice")
+        if self.token_broker and (not self.impersonation_enabled
+                                  or self.impersonation_strategy not in self.credential_chain):
+            raise _cross("token_broker", "needs impersonation (CLOUDSIGMA_IMPERSONATION_ENABLED=true with the OAuth "
+                         "client, and its strategy in the credential chain): it only ever writes an impersonated, "
+                         "verified token for the cluster's owner")
         if not self.user_email and not from_cluster:
             # Password-only deployments act as the basic-auth user.
             self.user_email = self.username

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ccm.config import Settings
 from ccm.kube.clients import api_client
-from ccm.kube.errors import KubeError
+from ccm.kube.errors import KubeError, KubeNotFound
 from ccm.kube.fetching import list_nodes
 from ccm.kube.permissions import TENANT, needed
 from ccm.kube.transport import KubeTransport
@@ -25,6 +26,9 @@ from ccm.nodes.matching import MatchKind, describe_candidates, match_server
 from ccm.nodes.view import node_view
 from ccm.servercache import ServerSnapshot
 from ccm.tenant.services import RedactingSource
+from ccm.tokenbroker import secret as tb_secret
+from ccm.tokenbroker.secret import Target, secret_view
+from ccm.tokenbroker.wiring import token_broker_permissions, token_broker_targets
 from cloudsigma.client import CloudSigmaClient, RetryPolicy
 from cloudsigma.errors import CloudSigmaError
 from credentials.base import Credential, CredentialError, NoCredential
@@ -156,8 +160,9 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
         except KubeError as exc:
             out.append(Check("tenant", "api reachable", "fail", str(exc)))
             return out
-        for permission in needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
-                                  csr_approval=settings.csr_approval != "off", load_balancer=settings.load_balancer):
+        wanted = needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
+                        csr_approval=settings.csr_approval != "off", load_balancer=settings.load_balancer)
+        for permission in wanted + token_broker_permissions(settings):
             label = permission.label
             try:
                 answer = await kube.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
@@ -171,6 +176,8 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
             hint = ("" if allowed else f" — grant it with {where} (deploy/tenant)"
                     + (" or set --node-deletion-enabled=false" if permission.when == "deletion" else ""))
             out.append(Check("rbac", label, "ok" if allowed else "fail", ("allowed" if allowed else "DENIED") + hint))
+        for target in token_broker_targets(settings):
+            out.append(await token_broker_check(kube, target))
         try:
             nodes, _ = await list_nodes(kube)
         except KubeError as exc:
@@ -181,6 +188,38 @@ async def _kube_checks(settings: Settings, snapshot: ServerSnapshot | None, clie
     finally:
         await tenant.close()
     return out
+
+
+async def token_broker_check(kube: KubeTransport, target: Target) -> Check:
+    """What a token broker target holds (read from the tenant cluster, never the token): last write, the token's
+    expiry, the last error."""
+    try:
+        obj = await kube.request("GET", target.path)
+    except KubeNotFound:
+        return Check("token-broker", target.key, "warn", "the Secret does not exist (yet): the running CCM creates it")
+    except KubeError as exc:
+        return Check("token-broker", target.key, "fail", f"cannot read the Secret: {exc}")
+    view = secret_view(obj)
+    meta = obj.get("metadata") or {}
+    writes = [str(m.get("time")) for m in meta.get("managedFields") or [] if m.get("time")]
+    data: dict[str, Any] = {"last_write": max(writes) if writes else None,
+                            "token_expires_at": view.data.get("expires_at") or None,
+                            "owner": view.annotations.get(tb_secret.OWNER),
+                            "last_error": view.annotations.get(tb_secret.LAST_ERROR)}
+    if not view.managed:
+        label = f"{tb_secret.MANAGED_BY_LABEL}={tb_secret.MANAGED_BY}"
+        return Check("token-broker", target.key, "fail", f"not managed by the CCM (no label {label}): the broker "
+                     "leaves it alone; delete it or add the label", data)
+    expires = view.token_expires_at
+    text = f"last write {data['last_write'] or '?'}"
+    if data["last_error"]:
+        text += f"; last error: {data['last_error']}"
+    if expires is None:
+        return Check("token-broker", target.key, "fail", f"holds no token; {text}", data)
+    left = expires - time.time()
+    status: Status = "ok" if left > 0 and not data["last_error"] else ("warn" if left > 0 else "fail")
+    return Check("token-broker", target.key, status, f"holds a token for {data['owner']} "
+                 f"{'expiring' if left > 0 else 'EXPIRED'} at {data['token_expires_at']} ({left:.0f}s); {text}", data)
 
 
 async def _node_check(settings: Settings, node: dict[str, Any], snapshot: ServerSnapshot | None,

@@ -11,7 +11,8 @@ Neither probe depends on CloudSigma or the identity provider: a cloud outage mus
   cannot be served. Never a secret or kubeconfig content (and scrubbed by the redactor too).
 - ``/debug/credentials``: where each credential provider stands (JSON): configured or not, how the client
   authenticates, last success and failure with time and reason, the verified identity and expiry of the newest
-  token. Never a token or a secret (and the daemon's log redactor scrubs the answer too).
+  token; with ``--token-broker``, each target Secret: what it holds, the last write, the token's expiry and the
+  last error. Never a token or a secret (and the daemon's log redactor scrubs the answer too).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class HealthState:
     redact: Callable[[str], str] | None = None
     #: Fleet mode: the manager's view of every tenant (:meth:`ccm.fleet.manager.FleetManager.view`).
     tenants: Callable[[], dict[str, Any]] | None = None
+    #: The token broker's targets (:meth:`ccm.tokenbroker.controller.TokenBroker.status`; fleet mode: per tenant).
+    token_broker: Callable[[], Any] | None = None
 
 
 def create_app(state: HealthState, metrics: Metrics) -> web.Application:
@@ -58,7 +61,10 @@ def create_app(state: HealthState, metrics: Metrics) -> web.Application:
 
     async def debug_credentials(_: web.Request) -> web.Response:
         providers = state.credentials() if state.credentials is not None else []
-        text = json.dumps({"generated_at": round(time.time(), 3), "providers": providers}, indent=2, default=str)
+        body: dict[str, Any] = {"generated_at": round(time.time(), 3), "providers": providers}
+        if state.token_broker is not None:
+            body["token_broker"] = state.token_broker()
+        text = json.dumps(body, indent=2, default=str)
         if state.redact is not None:
             text = state.redact(text)
         return web.Response(text=text + "\n", content_type="application/json")

@@ -92,6 +92,17 @@ class MetricFamilies:
                             [c, "pool", "state"], registry=r)
         self.lb_allocation_failures = Counter("cloudsigma_ccm_load_balancer_allocation_failures_total",
                                               "Services left pending, by reason.", [c, "reason"], registry=r)
+        self.token_broker_writes = Counter(
+            "cloudsigma_ccm_token_broker_writes_total", "Token broker Secret writes by target and what the Secret "
+            "holds afterwards (written: a new token; kept: the last valid one, impersonation failing; empty: no "
+            "token).", [c, "target", "state"], registry=r)
+        self.token_broker_failures = Counter(
+            "cloudsigma_ccm_token_broker_failures_total", "Token broker sync failures by target and reason (an "
+            "impersonation failure's reason, not_managed, namespace_missing, forbidden, kubernetes).",
+            [c, "target", "reason"], registry=r)
+        self.token_broker_expiry = Gauge(
+            "cloudsigma_ccm_token_broker_token_expiry_timestamp_seconds", "Expiry of the token a token broker "
+            "Secret holds (0: none); alert when it nears time().", [c, "target"], registry=r)
         # -- shared by the process (one token cache, one credential chain) --
         self.token_acquisitions = Counter("cloudsigma_ccm_token_acquisitions_total", "Credential acquisitions.",
                                           ["provider", "result"], registry=r)
@@ -165,6 +176,9 @@ class Metrics:
         self.cloud_budget_waits = _Bound(f.cloud_budget_waits, cluster)
         self.lb_ips = _Bound(f.lb_ips, cluster)
         self.lb_allocation_failures = _Bound(f.lb_allocation_failures, cluster)
+        self.token_broker_writes = _Bound(f.token_broker_writes, cluster)
+        self.token_broker_failures = _Bound(f.token_broker_failures, cluster)
+        self.token_broker_expiry = _Bound(f.token_broker_expiry, cluster)
         self.queue_depth = f.queue_depth.labels(cluster)
         self.leader = f.leader.labels(cluster)
         self.snapshot_refreshes = f.snapshot_refreshes.labels(cluster)

@@ -140,12 +140,31 @@ class TokenCache:
         """Seconds until ``key`` may try to acquire again, or ``None`` when it is not backing off."""
         return self._backoff_left(key, self._clock())
 
+    def last_error(self, key: CacheKey) -> BaseException | None:
+        """The error of ``key``'s last acquisition when it failed (cleared by a success)."""
+        state = self._backoff.get(key)
+        return state.error if state is not None else None
+
     def failures(self, key: CacheKey) -> int:
         state = self._backoff.get(key)
         return state.failures if state is not None else 0
 
     def in_flight(self, key: CacheKey) -> bool:
         return key in self._inflight
+
+    def refresh_at(self, key: CacheKey) -> float | None:
+        """When (clock seconds) the stored token of ``key`` enters its refresh window, so a caller asking then gets
+        it replaced; ``None`` when nothing expiring is stored."""
+        entry = self._entries.get(key)
+        if entry is None or entry.credential.expires_at is None:
+            return None
+        return entry.credential.expires_at - self._refresh_threshold(entry)
+
+    async def settle(self, key: CacheKey) -> None:
+        """Wait until the acquisition in flight for ``key`` (a background refresh) has finished, however it ended."""
+        task = self._inflight.get(key)
+        if task is not None:
+            await asyncio.wait({task})
 
     def __len__(self) -> int:
         return len(self._entries)

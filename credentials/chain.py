@@ -181,6 +181,35 @@ class CredentialChain:
         raise NoCredential(f"no credential for {email or '<no user>'!r} in region {region!r}: {summary}",
                            failures=failures, user=email or None)
 
+    async def get_from(self, name: str, user_email: str, region: str, *, settle: bool = False) -> Credential:
+        """A credential of provider ``name`` alone — never another provider's — through the same cache as
+        :meth:`get` (a fresh cached token costs no request). With ``settle``, a refresh that is in flight (or that
+        this call starts) is awaited, so the newest token is returned. Raises the provider's
+        :class:`CredentialError`, or ``KeyError`` when ``name`` is not in the chain."""
+        provider = next((p for p in self._providers if p.name == name), None)
+        if provider is None:
+            raise KeyError(name)
+        email = normalize_email(user_email)
+        credential = await self._from(provider, email, region)
+        if settle and getattr(provider, "cacheable", True) is not False:
+            key = CacheKey.of(email, region, provider.name)
+            await self.cache.settle(key)
+            newer = self.cache.peek(key)
+            if newer is not None and (newer.expires_at or 0.0) > (credential.expires_at or 0.0):
+                credential = newer
+        return credential
+
+    def refresh_at(self, name: str, user_email: str, region: str) -> float | None:
+        """When the cache starts replacing provider ``name``'s token for ``user_email`` in ``region`` (clock
+        seconds), or ``None`` when it holds none that expires."""
+        return self.cache.refresh_at(CacheKey.of(normalize_email(user_email), region, name))
+
+    def refresh_error(self, name: str, user_email: str, region: str) -> CredentialError | None:
+        """Why provider ``name``'s last acquisition for ``user_email`` in ``region`` failed (e.g. the background
+        refresh of a token that is still served), or ``None`` when it succeeded."""
+        error = self.cache.last_error(CacheKey.of(normalize_email(user_email), region, name))
+        return error if isinstance(error, CredentialError) else None
+
     def invalidate(self, credential: Credential) -> None:
         """Forget a credential the API refused (401), so the next :meth:`get` acquires a new one."""
         dropped = self.cache.invalidate_credential(credential)

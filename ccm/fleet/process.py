@@ -53,6 +53,9 @@ async def run_fleet(settings: Settings, redactor: Redactor) -> int:
     manager = FleetManager(settings, services, kube, namespace=namespace, identity=identity)
     health = HealthState(leading=True)
     health.credentials, health.redact, health.tenants = services.chain.status, redactor.redact_text, manager.view
+    health.token_broker = lambda: {key: slot.runtime.parts.broker.status() for key, slot in manager.slots.items()
+                                   if slot.runtime is not None and slot.runtime.parts is not None
+                                   and slot.runtime.parts.broker is not None}
     supervisor = Supervisor()
     stop = stop_on_signals()
 

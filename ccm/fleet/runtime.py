@@ -199,7 +199,8 @@ class TenantRuntime:
             raise TenantBuildError(str(exc)) from None
         self._credentials.use(self.key, spec.credentials_key)
         identity = TenantIdentity(cluster=self.key, user_email=spec.user_email, region=spec.region,
-                                  zone=spec.region, workers=self._settings.fleet_concurrent_node_syncs)
+                                  zone=spec.region, workers=self._settings.fleet_concurrent_node_syncs,
+                                  name=spec.cluster_name)
         holder: list[TenantTransport] = []
 
         def transport(*args: Any, **kwargs: Any) -> KubeTransport:
@@ -262,6 +263,8 @@ class TenantRuntime:
             "last_error": None if last_error is None else {"at": round(last_error[0], 3), "error": last_error[1]},
             "credentials": credential_state(self._services, spec.user_email, spec.region),
         }
+        if parts is not None and parts.broker is not None:
+            out["token_broker"] = parts.broker.status()
         if parts is not None:
             watcher = parts.watcher
             out["nodes"] = len(watcher.store)

@@ -140,6 +140,25 @@ def fleet(namespace: str, *, tenant_namespace: str | None = None,
     return tuple(out)
 
 
+def token_broker(targets: Iterable[tuple[str, str]], *, create_namespace: bool = False) -> tuple[Permission, ...]:
+    """What the token broker (ccm/tokenbroker) does in the tenant cluster for its ``(namespace, secret)`` targets:
+    read and update that Secret, create it (RBAC cannot restrict ``create`` by name: the object does not exist yet
+    when the request is authorized, so this allows creating any Secret of the namespace), and record Events about
+    it there; with ``create_namespace``, create a missing namespace (cluster-wide, not by name either)."""
+    out: list[Permission] = []
+    for namespace, name in targets:
+        out += [
+            Permission("get", "secrets", namespace=namespace, name=name),
+            Permission("update", "secrets", namespace=namespace, name=name),
+            Permission("create", "secrets", namespace=namespace),
+            Permission("create", "events", namespace=namespace),
+            Permission("patch", "events", namespace=namespace),
+        ]
+    if create_namespace:
+        out.append(Permission("create", "namespaces"))
+    return tuple(dict.fromkeys(out))
+
+
 def needed(permissions: Iterable[Permission], *, deletion_enabled: bool,
            csr_approval: bool = False, load_balancer: str = "off") -> tuple[Permission, ...]:
     """The permissions a CCM with these settings uses."""

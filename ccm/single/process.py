@@ -149,6 +149,7 @@ async def run(settings: Settings, redactor: Redactor) -> int:
     health = HealthState(last_watch_activity=lambda: current.parts.watcher.last_activity,
                          watch_stale_after=max(3 * settings.watch_timeout, 120.0))
     health.credentials, health.redact = (lambda: current.parts.chain.status()), redactor.redact_text
+    health.token_broker = lambda: current.parts.broker.status() if current.parts.broker is not None else []
     supervisor = Supervisor()
     stop = stop_on_signals()
 

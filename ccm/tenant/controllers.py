@@ -3,9 +3,9 @@
 
 This is the tenant runtime both process shapes share: the single-tenant process (:mod:`ccm.single.process`) runs one
 tenant on it, a fleet replica (:mod:`ccm.fleet`) one per tenant it serves. It builds the node controller, the
-lifecycle controller, the account monitor, the optional CSR approver and load-balancer controller and the cloud
-labels, and nothing else: no signals, no health server, no leader election (:mod:`ccm.process`). New per-tenant
-controllers are built in :func:`build_tenant` and started in :func:`run_controllers`.
+lifecycle controller, the account monitor, the optional CSR approver, load-balancer controller and token broker
+and the cloud labels, and nothing else: no signals, no health server, no leader election (:mod:`ccm.process`). New
+per-tenant controllers are built in :func:`build_tenant` and started in :func:`run_controllers`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from ccm.nodes.watching import NodeWatcher
 from ccm.servercache import ServerCache
 from ccm.supervisor import Supervisor
 from ccm.tenant.services import Services
+from ccm.tokenbroker.controller import TokenBroker
+from ccm.tokenbroker.wiring import build_token_broker, token_broker_permissions
 from cloudsigma.client import CloudSigmaClient, RetryPolicy
 from credentials.chain import CredentialChain
 
@@ -59,6 +61,8 @@ class TenantIdentity:
     region: str
     zone: str
     workers: int
+    #: The cluster's own name, for clients inside it (the token broker's ``cluster_name``); default: ``cluster``.
+    name: str = ""
 
 
 @dataclass
@@ -79,6 +83,8 @@ class Components:
     account: AccountMonitor | None = None
     csr: CSRController | None = None
     load_balancer: load_balancer.LoadBalancerController | None = None
+    #: The opt-in token broker (``--token-broker``).
+    broker: TokenBroker | None = None
     #: The shared services, when these components own them (single-tenant mode): closed with them.
     services: Services | None = None
 
@@ -119,7 +125,8 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
                         on_write=lambda verb, res: metrics.kube_writes.labels(verb, res).inc(),
                         permissions=needed(TENANT, deletion_enabled=settings.node_deletion_enabled,
                                            csr_approval=settings.csr_approval != "off",
-                                           load_balancer=settings.load_balancer))
+                                           load_balancer=settings.load_balancer)
+                        + token_broker_permissions(settings))
     watcher = make_node_watcher(kube, settings, metrics)
     events = EventRecorder(kube, host=socket.gethostname())
     applier = NodeApplier(kube)
@@ -156,8 +163,11 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
            if settings.csr_approval != "off" else None)
     lb = load_balancer.from_settings(settings, kube=kube, client=client, nodes=watcher, cache=cache, events=events,
                                      metrics=metrics, cluster=identity.cluster)
+    broker = build_token_broker(settings, kube=kube, chain=services.chain, redactor=services.redactor, owner=user,
+                                region=identity.region, cluster_name=identity.name or identity.cluster,
+                                metrics=metrics)
     return Components(settings, metrics, services.chain, client, cache, tenant, kube, watcher, events, controller,
-                      lifecycle, account=account, csr=csr, load_balancer=lb)
+                      lifecycle, account=account, csr=csr, load_balancer=lb, broker=broker)
 
 
 def resync_max_age(settings: Settings) -> float | None:
@@ -191,6 +201,8 @@ async def run_controllers(parts: Components, health: HealthState | None = None) 
         supervisor.start("csr-approver", parts.csr.run())
     if parts.load_balancer is not None:
         supervisor.start("load-balancer", parts.load_balancer.run())
+    if parts.broker is not None:
+        supervisor.start("token-broker", parts.broker.run())
     supervisor.start("initial-sync", mark_synced(), may_finish=True)
     workers = supervisor.start("node-workers", parts.controller.run(), may_finish=True)
     failure = asyncio.ensure_future(supervisor.failure())

@@ -1,0 +1,58 @@
+"""The token broker of one tenant, from the settings: what the tenant runtime calls (one build, one run)."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+from ccm.config import Settings
+from ccm.kube.events import EventRecorder
+from ccm.kube.permissions import Permission, token_broker
+from ccm.kube.transport import KubeTransport
+from ccm.logging import Redactor
+from ccm.metrics import Metrics
+from ccm.tokenbroker.controller import TokenBroker
+from ccm.tokenbroker.decide import Facts
+from ccm.tokenbroker.secret import Target, parse_target
+from credentials.base import Credential
+from credentials.chain import CredentialChain
+
+__all__ = ["build_token_broker", "token_broker_permissions", "token_broker_targets"]
+
+
+def token_broker_targets(settings: Settings) -> list[Target]:
+    return [parse_target(t) for t in settings.token_broker]
+
+
+def token_broker_permissions(settings: Settings) -> tuple[Permission, ...]:
+    """What the broker does in the tenant cluster with these settings (none when it is off)."""
+    targets = token_broker_targets(settings)
+    if not targets:
+        return ()
+    return token_broker([(t.namespace, t.name) for t in targets],
+                        create_namespace=settings.token_broker_create_namespace)
+
+
+def build_token_broker(settings: Settings, *, kube: KubeTransport, chain: CredentialChain, redactor: Redactor,
+                       owner: str, region: str, cluster_name: str, metrics: Metrics) -> TokenBroker | None:
+    """The broker for one tenant cluster acting as ``owner`` in ``region``, or None when ``--token-broker`` is off.
+    Its tokens come from the shared chain (a fleet's tenants of one owner share the cached token)."""
+    targets = token_broker_targets(settings)
+    if not targets or not owner:
+        return None
+    recorders: dict[str, EventRecorder] = {}
+    host = socket.gethostname()
+
+    def events(namespace: str) -> EventRecorder:
+        if namespace not in recorders:
+            recorders[namespace] = EventRecorder(kube, namespace=namespace, host=host)
+        return recorders[namespace]
+
+    def teach(credential: Credential) -> None:
+        until = credential.expires_at if credential.expires_at is not None else math.inf
+        redactor.add(credential.secret.get_secret_value(), until=until)
+
+    return TokenBroker(kube=kube, chain=chain, provider=settings.impersonation_strategy,
+                       facts=Facts(owner=owner.strip().lower(), region=region, cluster_name=cluster_name),
+                       targets=targets, metrics=metrics, events=events,
+                       create_namespace=settings.token_broker_create_namespace, teach=teach)
