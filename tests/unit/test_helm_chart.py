@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from ccm.chartdocs import render_readme, values_of
+from ccm.config import load_settings
+from ccm.tokenbroker.wiring import token_broker_permissions
 from tests.realenv.helm import CHART, HelmError, helm, template
-from tests.realenv.kustomize import object_id, render
+from tests.realenv.kustomize import find_object, object_id, render
+from tests.unit.test_deploy_render import expected_rules, plain_env, rules_of
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -47,6 +50,12 @@ PAIRS: dict[str, tuple[list[str], list[Path], str]] = {
                                  [DEPLOY / "tenant", DEPLOY / "tenant" / "csr-approval"], "kube-system"),
     "tenant-rbac-load-balancer": (["tenant-rbac.yaml", "tenant-rbac-load-balancer.yaml"],
                                   [DEPLOY / "tenant", DEPLOY / "tenant" / "load-balancer"], "kube-system"),
+    "tenant-rbac-token-broker": (["tenant-rbac.yaml", "tenant-rbac-token-broker.yaml"],
+                                 [DEPLOY / "tenant", DEPLOY / "tenant" / "token-broker"], "kube-system"),
+    "tenant-rbac-token-broker-namespace": (
+        ["tenant-rbac.yaml", "tenant-rbac-token-broker.yaml", "tenant-rbac-token-broker-namespace.yaml"],
+        [DEPLOY / "tenant", DEPLOY / "tenant" / "token-broker", DEPLOY / "tenant" / "token-broker-namespace"],
+        "kube-system"),
 }
 
 
@@ -118,10 +127,42 @@ def test_one_replica_has_no_disruption_budget() -> None:
     (["csrApproval=yes"], 'csrApproval must be off, approve or approve-or-deny, not "yes"'),
     (["secretless.enabled=true"], "secretless.audience is required"),
     (["clusterRef=example"], "clusterRef must be namespace/name"),
+    (["tokenBroker.enabled=true", "tokenBroker.targets={cloudsigma-token}"],
+     'tokenBroker.targets must be namespace/secret names, e.g. .*, not "cloudsigma-token"'),
+    (["tokenBroker.enabled=true", "tokenBroker.targets={a/x,a/x}"], "tokenBroker.targets names a target twice"),
+    (["tokenBroker.enabled=true", "tokenBroker.targets=null"], "tokenBroker.targets must name at least one"),
 ])
 def test_bad_values_fail_with_a_clear_error(set_values: list[str], message: str) -> None:
     with pytest.raises(HelmError, match=message):
         template(set_values=set_values)
+
+
+def test_token_broker_targets_set_the_env_and_exactly_their_permissions() -> None:
+    """Targets beyond the kustomize component's one (several per namespace, several namespaces): the Deployment's
+    CLOUDSIGMA_TOKEN_BROKER is what the CCM parses back to them, and the tenant RBAC is one Role per namespace with
+    exactly ccm/kube/permissions.py's token_broker() for those settings."""
+    targets = ["cloudsigma-csi/cloudsigma-token", "cloudsigma-csi/other-token", "backup/cloudsigma-token"]
+    objects = template(namespace=TENANT_NS, set_values=[
+        "components.tenantRBAC=true", "tokenBroker.enabled=true", "tokenBroker.createNamespace=true",
+        "tokenBroker.targets={" + ",".join(targets) + "}"])
+    env = plain_env(objects)
+    settings = load_settings({"region": "zrh", "user_email": "owner@example.com", "impersonation_enabled": True,
+                              "oauth_url": "https://auth.example.com/realms/cloudsigma", "client_id": "ccm",
+                              "client_secret": "s", "token_broker": env["CLOUDSIGMA_TOKEN_BROKER"],
+                              "token_broker_create_namespace": env["CLOUDSIGMA_TOKEN_BROKER_CREATE_NAMESPACE"]})
+    assert settings.token_broker == targets and settings.token_broker_create_namespace
+    declared = token_broker_permissions(settings)
+    name = "cloudsigma-ccm-token-broker"
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == name}
+    assert sorted(roles) == ["backup", "cloudsigma-csi"]
+    for namespace, role in roles.items():
+        assert rules_of(role) == expected_rules([p for p in declared if p.namespace == namespace]), namespace
+        binding = find_object([o for o in objects if o["metadata"].get("namespace") == namespace], "RoleBinding", name)
+        assert binding["roleRef"]["name"] == name
+    cluster_wide = [p for p in declared if p.namespace is None]
+    assert rules_of(find_object(objects, "ClusterRole", f"{name}-namespace")) == expected_rules(cluster_wide)
+    off = plain_env(template(namespace=TENANT_NS, set_values=["tokenBroker.createNamespace=true"]))
+    assert not [key for key in off if key.startswith("CLOUDSIGMA_TOKEN_BROKER")]
 
 
 @pytest.mark.parametrize("name", list(PAIRS))

@@ -44,3 +44,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   kind: User
   name: {{ .Values.tenantUser }}
 {{- end -}}
+
+{{/* tokenBroker.targets, checked, as CLOUDSIGMA_TOKEN_BROKER takes them: namespace/secret,... (a list, or a
+comma-separated string from --set). The CCM checks them the same way (ccm/config.py); failing here keeps a bad
+target out of both the Deployment and the tenant RBAC. */}}
+{{- define "ccm.tokenBrokerTargets" -}}
+{{- $targets := .Values.tokenBroker.targets | default (list) }}
+{{- if kindIs "string" $targets }}{{ $targets = splitList "," $targets }}{{ end }}
+{{- $targets = compact $targets }}
+{{- if not $targets }}
+{{- fail "tokenBroker.targets must name at least one namespace/secret, e.g. cloudsigma-csi/cloudsigma-token" }}
+{{- end }}
+{{- range $targets }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" (toString .)) }}
+{{- fail (printf "tokenBroker.targets must be namespace/secret names, e.g. cloudsigma-csi/cloudsigma-token, not %q" (toString .)) }}
+{{- end }}
+{{- end }}
+{{- if ne (len $targets) (len (uniq $targets)) }}
+{{- fail "tokenBroker.targets names a target twice" }}
+{{- end }}
+{{- join "," $targets }}
+{{- end -}}
