@@ -108,6 +108,7 @@ class Executor:
         self.sids: dict[str, str] = {}  # abstract server id -> uuid
         self.pending: list[tuple[float, Callable[[], Awaitable[None]]]] = []  # (due, undo)
         self.vlan_ips = 0
+        self.kubelet_posts: list[asyncio.Task[None]] = []
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -163,7 +164,8 @@ class Executor:
 
     # ----------------------------------------------------------------------------------------- kubelet side
 
-    async def do_register(self, name: str, host: str, system_uuid: bool, addresses: str) -> str:
+    async def do_register(self, name: str, host: str, system_uuid: bool, addresses: str,
+                          status_after: float) -> str:
         server = self.vm(host)
         if server is None or server["status"] != "running":
             return "skipped: its VM is not running"
@@ -181,10 +183,35 @@ class Executor:
         elif addresses == "provided":
             provided = sorted(server_ipv4(server))[0] if server_ipv4(server) else None
         notes = {HOST: uuid, EXPECT: expect, KUBELET_ADDRESSES: ",".join(f"{t}={a}" for t, a in kubelet)}
-        await self.kube(lambda: register_node(self.api, name, system_uuid=uuid if system_uuid else None,
-                                              addresses=kubelet or None, provided_node_ip=provided,
-                                              annotations=notes))
-        return f"on {uuid} expect {expect or 'none'}" + (f" provided {provided}" if provided else "")
+        created = await self.kube(lambda: register_node(self.api, name, system_uuid=uuid if system_uuid else None,
+                                                        provided_node_ip=provided, annotations=notes))
+        if kubelet:
+            uid = created.metadata.uid if created is not None else None
+            self.kubelet_posts.append(asyncio.create_task(self.post_addresses(name, uid, kubelet, status_after)))
+        return f"on {uuid} expect {expect or 'none'}" + (f" provided {provided}" if provided else "") + \
+            (f" kubelet {kubelet} after {status_after}s" if kubelet else "")
+
+    async def post_addresses(self, name: str, uid: str | None, kubelet: list[tuple[str, str]], after: float) -> None:
+        """The kubelet's first status with its own (VLAN) address, a moment after it registered: added to what the
+        Node has (the cloud's addresses stay), guarded by the resourceVersion it read; posted once."""
+        await asyncio.sleep(after)
+        for _ in range(20):
+            node = await self.node(name)
+            if node is None or node["metadata"]["uid"] != uid:
+                return
+            current = list((node.get("status") or {}).get("addresses") or [])
+            missing = [{"type": t, "address": a} for t, a in kubelet
+                       if not any(c.get("type") == t and c.get("address") == a for c in current)]
+            if not missing:
+                return
+            body = {"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+                    "status": {"addresses": missing + current}}
+            try:
+                await self.kube(lambda b=body: patch_node_status(self.api, name, b))  # type: ignore[misc]
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
 
     async def delete(self, name: str) -> str:
         node = await self.node(name)
@@ -203,10 +230,11 @@ class Executor:
     async def do_delete_node(self, name: str) -> str:
         return await self.delete(name)
 
-    async def do_reregister(self, name: str, host: str, system_uuid: bool, addresses: str, pause: float) -> str:
+    async def do_reregister(self, name: str, host: str, system_uuid: bool, addresses: str, status_after: float,
+                            pause: float) -> str:
         deleted = await self.delete(name)
         await asyncio.sleep(pause)
-        return f"{deleted}; " + await self.do_register(name, host, system_uuid, addresses)
+        return f"{deleted}; " + await self.do_register(name, host, system_uuid, addresses, status_after)
 
     def kubelet_alive(self, node: dict[str, Any]) -> bool:
         host = self.state.servers.get((node["metadata"].get("annotations") or {}).get(HOST, ""))
@@ -333,10 +361,13 @@ class Executor:
         self.later(seconds, self._remove_fault(fault))
         return ""
 
-    async def do_proxy_404(self, seconds: float) -> str:
-        fault = self.state.proxy_html_next(None, status=404, path_prefix="/api/2.0/servers/", method="GET")
-        self.later(seconds, self._remove_fault(fault))
-        return ""
+    async def do_proxy_404(self, seconds: float, scope: str) -> str:
+        prefixes = (["/api/2.0/servers/"] if scope == "servers"
+                    else [f"/api/2.0/servers/{uuid}/" for uuid in self.sids.values()])
+        for prefix in prefixes:
+            fault = self.state.proxy_html_next(None, status=404, path_prefix=prefix, method="GET")
+            self.later(seconds, self._remove_fault(fault))
+        return f"{len(prefixes)} paths"
 
     # ----------------------------------------------------------------------------------------- process
 
@@ -383,6 +414,9 @@ class Executor:
         """Faults over: every process up, every kubelet saying what its VM does."""
         await self.run_due(everything=True)
         self.state.clear_faults()
+        for task in self.kubelet_posts:
+            with contextlib.suppress(Exception):
+                await task
         for replica in self.replicas:
             if replica.proc is not None and replica.proc.returncode is None:
                 replica.proc.send_signal(signal.SIGCONT)

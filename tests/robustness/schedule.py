@@ -33,7 +33,7 @@ MENU: tuple[tuple[str, int, str], ...] = (
     ("outage", 2, "cloud-fault"),       # every call answers 503 for a while
     ("rate_limit", 2, "cloud-fault"),   # 429 with Retry-After
     ("slow", 2, "cloud-fault"),         # every answer late for a while
-    ("proxy_404", 3, "cloud-fault"),    # an HTML 404 from a proxy in front of the API, for server GETs
+    ("proxy_404", 3, "cloud-fault"),    # an HTML 404 from a proxy in front of the API: /servers/..., or GETs of one
     ("kill_leader", 2, "process"),      # SIGKILL; restarted after a while, as the kubelet restarts a pod
     ("pause_leader", 2, "process"),     # SIGSTOP, SIGCONT later (beyond the lease, sometimes)
     ("restart_apiserver", 1, "process"),  # the tenant (and management) kube-apiserver, with watch expiry after
@@ -97,7 +97,7 @@ def initial(rng: random.Random, model: _Model, count: int) -> list[Op]:
         ops.append(Op(len(ops), "create_server", {"name": name, "sid": sid, "vlan": False}))
         model.nodes[name] = sid
         ops.append(Op(len(ops), "register", {"name": name, "host": sid, "system_uuid": True,
-                                             "addresses": "public"}))
+                                             "addresses": "public", "status_after": 0.0}))
     return ops
 
 
@@ -110,7 +110,8 @@ def _draw(rng: random.Random, model: _Model, kind: str) -> dict[str, Any] | None
             return None
         host = rng.choice(sorted(model.running(name)))
         model.nodes[name] = host
-        return {"name": name, "host": host, "system_uuid": rng.random() < 0.6, "addresses": _address_mode(rng)}
+        return {"name": name, "host": host, "system_uuid": rng.random() < 0.6, "addresses": _address_mode(rng),
+                "status_after": round(rng.uniform(0, 0.4), 2)}
     if kind in ("delete_node", "ready", "reboot"):
         name = _pick(rng, list(model.nodes))
         if name is None:
@@ -128,7 +129,7 @@ def _draw(rng: random.Random, model: _Model, kind: str) -> dict[str, Any] | None
         host = rng.choice(sorted(model.running(name)))
         model.nodes[name] = host
         return {"name": name, "host": host, "system_uuid": rng.random() < 0.5, "addresses": _address_mode(rng),
-                "pause": round(rng.uniform(0, 1.0), 2)}
+                "status_after": round(rng.uniform(0, 0.4), 2), "pause": round(rng.uniform(0, 1.0), 2)}
     if kind == "create_server":
         name = rng.choice(NAMES)
         sid = model.new_sid()
@@ -164,7 +165,7 @@ def _draw(rng: random.Random, model: _Model, kind: str) -> dict[str, Any] | None
     if kind == "slow":
         return {"ms": rng.choice([300, 800, 1500]), "seconds": round(rng.uniform(2, 8), 1)}
     if kind == "proxy_404":
-        return {"seconds": round(rng.uniform(2, 12), 1)}
+        return {"seconds": round(rng.uniform(2, 12), 1), "scope": rng.choice(["servers", "one-server"])}
     if kind == "kill_leader":
         return {"restart_after": round(rng.uniform(0.5, 4), 1)}
     if kind == "pause_leader":
