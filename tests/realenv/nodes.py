@@ -106,7 +106,7 @@ async def register_node(
     - ``taint``: add ``node.cloudprovider.kubernetes.io/uninitialized=true:NoSchedule`` (the API server's
       own admission may add ``node.kubernetes.io/not-ready`` as well).
     - ``addresses``: ``[(type, address), ...]`` for ``status.addresses`` (e.g. ``("InternalIP", "10.1.2.3")``);
-      ``None`` leaves them empty, as an external-cloud kubelet does.
+      ``None`` reports none (and leaves any a CCM already wrote), as an external-cloud kubelet does.
     - ``provided_node_ip``: the ``alpha.kubernetes.io/provided-node-ip`` annotation (kubelet ``--node-ip``).
     - ``system_uuid``: ``status.nodeInfo.systemUUID`` (the SMBIOS UUID; on CloudSigma the server uuid).
     - ``ready``: the Ready condition: ``True``/``False``/``None`` = ``"Unknown"``.
@@ -146,7 +146,6 @@ async def register_node(
     }
     status: dict[str, Any] = {
         "conditions": [*_pressure_conditions(), _ready_condition(ready)],
-        "addresses": [{"type": t, "address": a} for t, a in (addresses or [])],
         "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110", "ephemeral-storage": "20Gi"},
         "allocatable": {"cpu": "2", "memory": "3800Mi", "pods": "110", "ephemeral-storage": "18Gi"},
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
@@ -163,6 +162,10 @@ async def register_node(
             "architecture": "amd64",
         },
     }
+    if addresses is not None:
+        # Only when the kubelet has addresses of its own: an empty list in this merge patch would wipe addresses a
+        # CCM wrote between the create and this status (a real kubelet keeps them).
+        status["addresses"] = [{"type": t, "address": a} for t, a in addresses]
     if status_on_create:
         body["status"] = status
     await core.create_node(cast(Any, body))

@@ -31,7 +31,13 @@ from tests.emulator import EmulatorServer, EmulatorState, Fault, private_vlan_ni
 from tests.integration.harness import ALICE, ALICE_PW, BOB_PW, CLIENT_SECRET, two_users
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
-from tests.realenv.nodes import PROVIDED_NODE_IP_ANNOTATION, patch_node_status, register_node, set_ready
+from tests.realenv.nodes import (
+    PROVIDED_NODE_IP_ANNOTATION,
+    delete_all_nodes,
+    patch_node_status,
+    register_node,
+    set_ready,
+)
 from tests.reliability.replicas import LEASE, Replica
 from tests.reliability.support import retry_kube
 from tests.robustness.observer import EXPECT, HOST, INVARIANTS, Observer, Writer, server_ipv4, settled_problems
@@ -471,13 +477,16 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
     emulator = EmulatorServer(state)
     await emulator.start()
     api = await api_client_for(server.admin_kubeconfig)
-    group = [Replica(n, server, emulator, tmp, lease=LEASE_NAME, **REPLICA_SETTINGS)  # type: ignore[arg-type]
+    if not own_server:
+        await delete_all_nodes(api)
+    lease_name = f"{LEASE_NAME}-{seed}-{uuidlib.uuid4().hex[:6]}"
+    group = [Replica(n, server, emulator, tmp, lease=lease_name, **REPLICA_SETTINGS)  # type: ignore[arg-type]
              for n in ("a", "b")]
 
     async def metrics() -> dict[str, str]:
         return {r.name: await r.metrics() for r in group}
 
-    observer = Observer(api, state, audit_log=server.audit_log_path, lease_name=LEASE_NAME, lease_duration=LEASE,
+    observer = Observer(api, state, audit_log=server.audit_log_path, lease_name=lease_name, lease_duration=LEASE,
                         writers={r.name: Writer(r.tenant_user, r.lease_user) for r in group},
                         logs=lambda: [r.log for r in group], metrics=metrics, secrets=secrets_of_world())
     executor = Executor(seed, state, server, api, group, observer, report)

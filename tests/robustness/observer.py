@@ -104,7 +104,7 @@ class AuditTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.offset = 0
+        self.offset = path.stat().st_size if path.exists() else 0  # a shared server: only this run's writes
         self.partial = b""
 
     def read(self) -> list[dict[str, Any]]:
