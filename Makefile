@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup lock realenv image lint test unit demo bench docs reliability-doc clean
+.PHONY: setup lock realenv image lint test unit demo bench soak docs reliability-doc clean
 
 ## setup: a virtualenv with the package and its dev tools, exactly the hashed pins of requirements/dev.txt
 setup: $(VENV)/.installed
@@ -58,10 +58,16 @@ docs: setup
 reliability-doc: setup realenv
 	CCM_WRITE_RELIABILITY_DOC=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability tests/unit/test_properties.py
 
-## bench: the benchmark (see docs/benchmarks.md), then the fleet scenario (docs/benchmarks-fleet.md)
+## bench: the benchmark (see docs/benchmarks.md), then the fleet scenario (docs/benchmarks-fleet.md), then the soak
 bench: setup realenv
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.fleet
+	$(MAKE) soak
+
+## soak: the robustness run for SOAK_MINUTES (30) with a random seed (SEED=N replays one); RSS slope, rates, checks
+SOAK_MINUTES ?= 30
+soak: setup realenv
+	$(BIN)/python -m tests.robustness --minutes $(SOAK_MINUTES) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -324,4 +324,7 @@ def render_markdown(expected: Iterable[str], *, total_seconds: float, command: s
             lines.append(f"| {_cell(c.case)}<br>`{_cell(test)}` | {_cell(c.injected)} | {_cell(c.verified)} | "
                          f"{c.outcome} | {c.seconds:.1f} s |")
         lines.append("")
+    from tests.robustness.doc import section  # the hand-maintained robustness section, after the suite's cases
+
+    lines.append(section())
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import random
 import sys
 
 from tests.robustness.driver import Budget, Report, RunFailed, rss_slope, run
+from tests.robustness.mutants import MUTANTS
 from tests.robustness.schedule import generate
 
 
@@ -35,16 +36,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--minutes", type=float, default=0.0, help="soak: run operations for this long")
+    parser.add_argument("--mutant", default="", choices=["", *MUTANTS],
+                        help="run the daemon with an old bug put back (tests/robustness/mutants.py)")
     parser.add_argument("--print-schedule", action="store_true", help="print the schedule of --seed and exit")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     if args.print_schedule:
         print("\n".join(op.describe() for op in generate(seed, args.steps)))
         return 0
-    print(f"robustness run, seed {seed}", flush=True)
+    print(f"robustness run, seed {seed}" + (f", mutant {args.mutant}" if args.mutant else ""), flush=True)
     budget = Budget(steps=args.steps, duration=args.minutes * 60, rest_window=30.0 if args.minutes else 15.0)
     try:
-        report = asyncio.run(run(seed, budget, progress=lambda line: print(line, flush=True)))
+        report = asyncio.run(run(seed, budget, mutant=args.mutant, progress=lambda line: print(line, flush=True)))
     except RunFailed as exc:
         print(str(exc), flush=True)
         return 1

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import random
 import signal
+import sys
 import tempfile
 import time
 import uuid as uuidlib
@@ -53,6 +54,18 @@ REPLICA_SETTINGS = {
     "CLOUDSIGMA_NODE_STATUS_UPDATE_FREQUENCY": "2s",
     "CLOUDSIGMA_SERVER_CACHE_MAX_AGE": "1s",
 }
+
+
+class MutantReplica(Replica):
+    """A replica running ``python -m tests.robustness.mutants MUTANT``: the daemon with an old bug put back."""
+
+    mutant = ""
+
+    async def _launch(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.robustness.mutants", self.mutant, env=self.env, stdout=log,
+                stderr=log, cwd=str(Path(__file__).resolve().parents[2]))
 
 
 class RunFailed(AssertionError):
@@ -368,12 +381,11 @@ class Executor:
         return ""
 
     async def do_proxy_404(self, seconds: float, scope: str) -> str:
-        prefixes = (["/api/2.0/servers/"] if scope == "servers"
-                    else [f"/api/2.0/servers/{uuid}/" for uuid in self.sids.values()])
+        prefixes = ["/api/2.0/servers/"] if scope == "servers" else _single_server_prefixes()
         for prefix in prefixes:
             fault = self.state.proxy_html_next(None, status=404, path_prefix=prefix, method="GET")
             self.later(seconds, self._remove_fault(fault))
-        return f"{len(prefixes)} paths"
+        return scope
 
     # ----------------------------------------------------------------------------------------- process
 
@@ -437,6 +449,15 @@ class Executor:
                     await self.kube(lambda n=name: set_ready(self.api, n, False))  # type: ignore[misc]
 
 
+def _single_server_prefixes() -> list[str]:
+    """Path prefixes that match ``/servers/<any uuid>/`` but not ``/servers/detail/`` (nor any other word)."""
+    hexdigits = "0123456789abcdef"
+    out = [f"/api/2.0/servers/{c}" for c in hexdigits if c != "d"]
+    out += [f"/api/2.0/servers/d{c}" for c in hexdigits if c != "e"]
+    out += [f"/api/2.0/servers/de{c}" for c in hexdigits]
+    return out
+
+
 def calls_per_minute(state: EmulatorState, since: float, until: float) -> float:
     count = sum(1 for r in state.requests if since <= r.started_at < until and r.path.startswith("/api/2.0/"))
     return count * 60.0 / max(until - since, 1e-6)
@@ -460,7 +481,8 @@ class Budget:
 
 
 async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None = None,
-              server: KubeAPIServer | None = None, progress: Callable[[str], None] = lambda _: None) -> Report:
+              server: KubeAPIServer | None = None, mutant: str = "",
+              progress: Callable[[str], None] = lambda _: None) -> Report:
     """One robustness run; raises :class:`RunFailed` on a violation, returns the report otherwise."""
     budget = budget or Budget()
     steps = budget.steps if not budget.duration else max(budget.steps, int(budget.duration / 0.45))
@@ -480,8 +502,12 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
     if not own_server:
         await delete_all_nodes(api)
     lease_name = f"{LEASE_NAME}-{seed}-{uuidlib.uuid4().hex[:6]}"
-    group = [Replica(n, server, emulator, tmp, lease=lease_name, **REPLICA_SETTINGS)  # type: ignore[arg-type]
+    kind = MutantReplica if mutant else Replica
+    group = [kind(n, server, emulator, tmp, lease=lease_name, **REPLICA_SETTINGS)  # type: ignore[arg-type]
              for n in ("a", "b")]
+    for replica in group:
+        if isinstance(replica, MutantReplica):
+            replica.mutant = mutant
 
     async def metrics() -> dict[str, str]:
         return {r.name: await r.metrics() for r in group}

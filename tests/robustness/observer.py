@@ -11,7 +11,8 @@ Invariants (numbers as in docs/reliability.md):
 1. a Node's providerID names its server (``EXPECT``), never another one, at every event seen;
 2. a Node the driver did not delete is deleted only once its server is gone from the emulator, and (when it had
    a providerID) after CloudSigma's own 404 for that uuid — not a proxy's — is in the request log;
-3. no Node without the uninitialized taint lacks an InternalIP/ExternalIP;
+3. no Node without the uninitialized taint lacks an InternalIP/ExternalIP, and once a Node showed the address its
+   kubelet reported (a VLAN InternalIP the API cannot know), it never loses it;
 4. every tenant write (audit log) comes from the replica that held the Lease, before its lease ran out;
 5. no secret in any replica log line, Event or /metrics page;
 6. (:func:`settled_problems`, after the faults stop) each Node initialized and as its server says.
@@ -44,7 +45,7 @@ REGION = "topology.kubernetes.io/region"
 INVARIANTS = {
     1: "providerID names the Node's server",
     2: "no deletion while the server exists / without CloudSigma's own 404",
-    3: "no untainted Node without an InternalIP/ExternalIP",
+    3: "no untainted Node without an InternalIP/ExternalIP; no Node loses the address its kubelet reported",
     4: "only the Lease holder writes",
     5: "no secret in logs, Events, metrics",
     6: "after the faults stop: every Node as its server says, calls back to the rest rate",
@@ -156,6 +157,7 @@ class Observer:
         self._lease_writes: list[tuple[float, str]] = []  # (received, replica) successful Lease writes
         self._tenant_writes: list[tuple[float, str, str]] = []  # (received, replica, what)
         self._event_uids: set[str] = set()
+        self._kubelet_seen: set[tuple[str, tuple[str, str]]] = set()
         self.log_lines = 0
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -229,6 +231,13 @@ class Observer:
 
     def _check_untainted_has_ip(self, node: dict[str, Any]) -> None:
         self.checks[3] += 1
+        uid = node["metadata"].get("uid", "")
+        for kubelet in _kubelet_addresses(node):
+            if kubelet in addresses(node):
+                self._kubelet_seen.add((uid, kubelet))
+            elif (uid, kubelet) in self._kubelet_seen:
+                self.violate(3, node["metadata"]["name"], f"lost the {kubelet[0]} {kubelet[1]} its kubelet reported; "
+                                                          f"addresses now {addresses(node)}")
         if UNINIT in taints(node):
             return
         if not any(t in ("InternalIP", "ExternalIP") for t, _ in addresses(node)):

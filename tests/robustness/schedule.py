@@ -32,8 +32,8 @@ MENU: tuple[tuple[str, int, str], ...] = (
     ("move_host", 1, "cloud"),
     ("outage", 2, "cloud-fault"),       # every call answers 503 for a while
     ("rate_limit", 2, "cloud-fault"),   # 429 with Retry-After
-    ("slow", 2, "cloud-fault"),         # every answer late for a while
-    ("proxy_404", 3, "cloud-fault"),    # an HTML 404 from a proxy in front of the API: /servers/..., or GETs of one
+    ("slow", 3, "cloud-fault"),         # every answer late for a while
+    ("proxy_404", 4, "cloud-fault"),    # an HTML 404 from a proxy in front of the API: /servers/..., or GETs of one
     ("kill_leader", 2, "process"),      # SIGKILL; restarted after a while, as the kubelet restarts a pod
     ("pause_leader", 2, "process"),     # SIGSTOP, SIGCONT later (beyond the lease, sometimes)
     ("restart_apiserver", 1, "process"),  # the tenant (and management) kube-apiserver, with watch expiry after
@@ -81,7 +81,7 @@ class _Model:
 
 
 def _address_mode(rng: random.Random) -> str:
-    return rng.choices(["public", "vlan", "provided"], weights=[6, 2, 2])[0]
+    return rng.choices(["public", "vlan", "provided"], weights=[4, 4, 2])[0]
 
 
 def _pick(rng: random.Random, items: list[str]) -> str | None:
@@ -134,7 +134,7 @@ def _draw(rng: random.Random, model: _Model, kind: str) -> dict[str, Any] | None
         name = rng.choice(NAMES)
         sid = model.new_sid()
         model.servers[sid] = (name, True)
-        return {"name": name, "sid": sid, "vlan": rng.random() < 0.3}
+        return {"name": name, "sid": sid, "vlan": rng.random() < 0.5}
     if kind in ("stop_server", "start_server", "delete_server", "change_ip", "change_meta", "change_tags",
                 "move_host"):
         want = {"stop_server": True, "start_server": False, "change_ip": True}.get(kind)
@@ -165,7 +165,7 @@ def _draw(rng: random.Random, model: _Model, kind: str) -> dict[str, Any] | None
     if kind == "slow":
         return {"ms": rng.choice([300, 800, 1500]), "seconds": round(rng.uniform(2, 8), 1)}
     if kind == "proxy_404":
-        return {"seconds": round(rng.uniform(2, 12), 1), "scope": rng.choice(["servers", "one-server"])}
+        return {"seconds": round(rng.uniform(4, 15), 1), "scope": rng.choice(["servers", "one-server"])}
     if kind == "kill_leader":
         return {"restart_after": round(rng.uniform(0.5, 4), 1)}
     if kind == "pause_leader":

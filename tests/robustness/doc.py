@@ -1,0 +1,69 @@
+"""The robustness section of docs/reliability.md (appended by ``tests/reliability/registry.render_markdown``):
+the invariants and the menu come from the code; the caught mutants and soak figures from the last runs, by hand."""
+
+from __future__ import annotations
+
+from tests.robustness.observer import INVARIANTS
+from tests.robustness.schedule import MENU
+
+WHAT = {
+    "register": "a kubelet registers a Node: with or without systemUUID; only public addresses, a VLAN InternalIP "
+                "of its own (posted a moment later), or `provided-node-ip`",
+    "delete_node": "the Node is deleted", "reregister": "deleted and registered again under the same name, maybe on "
+                                                        "another VM of that name",
+    "ready": "Ready <-> NotReady", "reboot": "kubelet restart: new bootID, sometimes a new DHCP address",
+    "create_server": "a server (sometimes with a VLAN NIC)", "stop_server": "stopped (its kubelet NotReady)",
+    "start_server": "started (its kubelet reboots)", "delete_server": "deleted (its kubelet NotReady)",
+    "replace_vm": "deleted and created again under the same name", "change_ip": "new DHCP lease",
+    "change_meta": "meta changed", "change_tags": "tags changed", "move_host": "moved to another host",
+    "outage": "every API call 503 for 1-6 s", "rate_limit": "1-6 calls 429 with Retry-After 1-3 s",
+    "slow": "every answer 0.3-1.5 s late for 2-8 s",
+    "proxy_404": "an HTML 404 without X-REQUEST-ID from a proxy, for 4-15 s: on every /servers/ path, or on the "
+                 "GETs of single servers only (the listing healthy)",
+    "kill_leader": "SIGKILL of the Lease holder, restarted 0.5-4 s later", "pause_leader": "SIGSTOP of the Lease "
+                                                                                          "holder, SIGCONT 1-3 s or "
+                                                                                          "7-12 s later (lease 6 s)",
+    "restart_apiserver": "the kube-apiserver restarted (0-3 s down); etcd compacts every second and the watch "
+                         "cache is off, so resumed watches expire (410)",
+    "idle": "nothing",
+}
+
+#: Re-introduced bugs (tests/robustness/mutants.py) and the seeds that caught them.
+CAUGHT = (
+    ("any-404-is-proof", "a proxy's 404 counted as CloudSigma's notexist", "seed ? (invariant 2)"),
+    ("blind-status-write", "the address write to nodes/status without uid/resourceVersion", "seed ? (invariant 6)"),
+)
+
+#: The last `make soak` (figures by hand from its output).
+SOAK = (
+    ("Run", "not yet recorded"),
+)
+
+
+def section() -> str:
+    lines = [
+        "## Robustness under random schedules",
+        "",
+        "A seeded random run (`tests/robustness/`; `python -m tests.robustness --seed N` replays one) drives two "
+        "`cloudsigma-ccm` processes on one Lease against a real kube-apiserver (audit log on) and the CloudSigma "
+        "emulator with operations drawn from the menu below. An independent observer (its own Node watch, the "
+        "emulator's request log, the audit log, the processes' logs and /metrics; its idea of a Node's server comes "
+        "from the kubelet side, not from `ccm/nodes/matching.py`) checks the invariants while the run goes on; the "
+        "first violation ends the run with the seed, the invariant, the Node, the last operations and the whole "
+        "schedule. `make test` runs three fixed seeds (tests/robustness/test_robustness.py); `make soak` runs 30 "
+        "minutes with a random seed.",
+        "",
+        "Invariants:",
+        "",
+    ]
+    lines += [f"{n}. {text}" for n, text in INVARIANTS.items()]
+    lines += ["", "| Operation | Weight | Group | What |", "|---|---|---|---|"]
+    lines += [f"| `{kind}` | {weight} | {group} | {WHAT.get(kind, '')} |" for kind, weight, group in MENU]
+    lines += ["", "Re-introduced bugs the run catches (`python -m tests.robustness --mutant NAME --seed N`):", "",
+              "| Mutant | Bug | Caught by |", "|---|---|---|"]
+    lines += [f"| `{name}` | {bug} | {seeds} |" for name, bug, seeds in CAUGHT]
+    lines += ["", "Last soak (`make soak`):", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in SOAK]
+    lines += ["", "Not in the menu yet: credential operations (token expiry, the identity provider failing, the "
+              "fallback credential in use) — the run uses the legacy username/password credential only.", ""]
+    return "\n".join(lines)
