@@ -45,6 +45,12 @@ class HoldingProxy:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def retarget(self, port: int) -> None:
+        """Connections from now on go to ``port``; the open ones are cut (their clients reconnect, and land there)."""
+        self.target_port = port
+        for writer in list(self._writers):
+            writer.close()
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
 

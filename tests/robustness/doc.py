@@ -4,7 +4,7 @@ the invariants and the menu come from the code; the caught mutants and soak figu
 from __future__ import annotations
 
 from tests.robustness.observer import INVARIANTS
-from tests.robustness.schedule import MENU
+from tests.robustness.schedule import EXTRA, MENU
 
 WHAT = {
     "register": "a kubelet registers a Node: with or without systemUUID; only public addresses, a VLAN InternalIP "
@@ -26,6 +26,13 @@ WHAT = {
     "restart_apiserver": "the kube-apiserver restarted (0-3 s down); etcd compacts every second and the watch "
                          "cache is off, so resumed watches expire (410)",
     "idle": "nothing",
+    "wrong_location": "the API URL answers as another location for 5-12 s (a misrouted DNS name or load balancer): "
+                      "the same user has an account there with none of the cluster's servers, so every GET of one "
+                      "is CloudSigma's own 404 `notexist` with a request id",
+    "token_revoked": "the identity provider's signing key rotated: every token issued so far answers 401 (tokens "
+                     "also expire every 20 s all through the run)",
+    "idp_down": "the identity provider answers 503 for 5-25 s, half the time with the tokens in use revoked first: "
+                "the password fallback answers meanwhile (and proves nothing for a deletion)",
 }
 
 #: Re-introduced bugs (tests/robustness/mutants.py) and the seeds that caught them.
@@ -64,6 +71,8 @@ def section() -> str:
     lines += [f"{n}. {text}" for n, text in INVARIANTS.items()]
     lines += ["", "| Operation | Weight | Group | What |", "|---|---|---|---|"]
     lines += [f"| `{kind}` | {weight} | {group} | {WHAT.get(kind, '')} |" for kind, weight, group in MENU]
+    lines += [f"| `{kind}` | {chance:.0%} after each | {group} | {WHAT.get(kind, '')} |"
+              for kind, chance, group in EXTRA]
     lines += ["", "Re-introduced bugs the run catches (`python -m tests.robustness --mutant NAME --seed N`):", "",
               "| Mutant | Bug | Caught by |", "|---|---|---|"]
     lines += [f"| `{name}` | {bug} | {seeds} |" for name, bug, seeds in CAUGHT]

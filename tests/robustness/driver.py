@@ -29,7 +29,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, V1DeleteOptions, V1P
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.emulator import EmulatorServer, EmulatorState, Fault, private_vlan_nic, public_dhcp_nic
-from tests.integration.harness import ALICE, ALICE_PW, BOB_PW, CLIENT_SECRET, two_users
+from tests.integration.harness import ALICE, ALICE_PW, BOB_PW, CLIENT_ID, CLIENT_SECRET, two_users
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import (
@@ -39,6 +39,7 @@ from tests.realenv.nodes import (
     register_node,
     set_ready,
 )
+from tests.realenv.proxy import HoldingProxy
 from tests.reliability.replicas import LEASE, Replica
 from tests.reliability.support import retry_kube
 from tests.robustness.observer import EXPECT, HOST, INVARIANTS, Observer, Writer, server_ipv4, settled_problems
@@ -54,6 +55,21 @@ REPLICA_SETTINGS = {
     "CLOUDSIGMA_NODE_STATUS_UPDATE_FREQUENCY": "2s",
     "CLOUDSIGMA_SERVER_CACHE_MAX_AGE": "1s",
 }
+
+
+class Router:
+    """The API endpoint the replicas are given (``CLOUDSIGMA_API_URL``): a loopback TCP hop in front of the emulator
+    that can send new connections to *another location's* emulator for a while, as a misrouted DNS name or load
+    balancer would. Each location logs its own requests, so the observer's proof rule reads the right one."""
+
+    def __init__(self, home: EmulatorServer) -> None:
+        self.home = home
+        self.proxy = HoldingProxy(home.port)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}/api/2.0/"
+
 
 
 class MutantReplica(Replica):
@@ -115,8 +131,12 @@ class Executor:
     the seed, so a replay does the same."""
 
     def __init__(self, seed: int, state: EmulatorState, server: KubeAPIServer, api: ApiClient,
-                 replicas: list[Replica], observer: Observer, report: Report) -> None:
+                 replicas: list[Replica], observer: Observer, report: Report, *, router: Router | None = None,
+                 elsewhere: EmulatorServer | None = None) -> None:
         self.seed = seed
+        self.router = router
+        self.elsewhere = elsewhere
+        self.misrouted = 0  # wrong_location windows open
         self.state = state
         self.server = server
         self.api = api
@@ -387,6 +407,45 @@ class Executor:
             self.later(seconds, self._remove_fault(fault))
         return scope
 
+    async def do_wrong_location(self, seconds: float) -> str:
+        """The API URL answers as another location for a while: the same user has an account there (so the
+        credential works) with none of the cluster's servers; every GET of one answers CloudSigma's own 404
+        notexist with a request id. Only the fresh listing holding another Node's server tells it apart."""
+        if self.router is None or self.elsewhere is None:
+            return "skipped: no other location"
+        self.misrouted += 1
+        if self.misrouted == 1:
+            self.router.proxy.retarget(self.elsewhere.port)
+
+        async def back() -> None:  # when the last overlapping window ends
+            assert self.router is not None
+            self.misrouted -= 1
+            if not self.misrouted:
+                self.router.proxy.retarget(self.router.home.port)
+        self.later(seconds, back)
+        return f"location {self.elsewhere.state.location_id}"
+
+    # ----------------------------------------------------------------------------------------- credentials
+
+    def _revoke_tokens(self) -> None:
+        key = self.state.rotate_signing_key()
+        if self.elsewhere is not None:
+            self.elsewhere.state.signing_key = key  # one identity provider for both locations
+
+    async def do_token_revoked(self) -> str:
+        """The IdP's signing key rotated: every token issued so far answers 401; the CCM must get a new one."""
+        self._revoke_tokens()
+        return ""
+
+    async def do_idp_down(self, seconds: float, revoke: bool) -> str:
+        """The identity provider answers 503 (sometimes with the tokens in use revoked first): no new token, so the
+        password credential (the fallback) answers until it is back — and proves nothing for a deletion."""
+        fault = self.state.add_fault(Fault("error", count=None, status=503, path_prefix="/realms/"))
+        if revoke:
+            self._revoke_tokens()
+        self.later(seconds, self._remove_fault(fault))
+        return "tokens revoked" if revoke else ""
+
     # ----------------------------------------------------------------------------------------- process
 
     async def do_kill_leader(self, restart_after: float) -> str:
@@ -494,16 +553,32 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
         server = KubeAPIServer(f"robustness-{seed}", audit=True,
                                extra_args=["--etcd-compaction-interval=1s", "--watch-cache=false"])
         await server.astart()
-    state = EmulatorState(max_log=10_000_000)
+    # Tokens live 20 s: they expire and are renewed all through a run (the credential side of the menu).
+    state = EmulatorState(max_log=10_000_000, token_lifetime=20)
     two_users(state)
+    state.add_client(CLIENT_ID, CLIENT_SECRET)
     emulator = EmulatorServer(state)
     await emulator.start()
+    # Another location where the same people have accounts (wrong_location); the replicas reach the API through
+    # the router.
+    other = state.another_location("fra")
+    other.add_server(ALICE, "fra-vm", nics=[public_dhcp_nic("auto")])
+    other.add_client(CLIENT_ID, CLIENT_SECRET)
+    elsewhere = EmulatorServer(other)
+    await elsewhere.start()
+    router = Router(emulator)
+    await router.proxy.start()
     api = await api_client_for(server.admin_kubeconfig)
     if not own_server:
         await delete_all_nodes(api)
     lease_name = f"{LEASE_NAME}-{seed}-{uuidlib.uuid4().hex[:6]}"
     kind = MutantReplica if mutant else Replica
-    group = [kind(n, server, emulator, tmp, lease=lease_name, **REPLICA_SETTINGS)  # type: ignore[arg-type]
+    # Impersonated tokens from the emulator's OAuth side first, the owner's password as the fallback.
+    credentials = {"CLOUDSIGMA_IMPERSONATION_ENABLED": "true", "CLOUDSIGMA_OAUTH_URL": emulator.realm_url(),
+                   "CLOUDSIGMA_CLIENT_ID": CLIENT_ID, "CLOUDSIGMA_CLIENT_SECRET": CLIENT_SECRET,
+                   "CLOUDSIGMA_USER_EMAIL": ALICE}
+    settings = {**REPLICA_SETTINGS, **credentials}
+    group = [kind(n, server, router, tmp, lease=lease_name, **settings)  # type: ignore[arg-type]
              for n in ("a", "b")]
     for replica in group:
         if isinstance(replica, MutantReplica):
@@ -514,8 +589,9 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
 
     observer = Observer(api, state, audit_log=server.audit_log_path, lease_name=lease_name, lease_duration=LEASE,
                         writers={r.name: Writer(r.tenant_user, r.lease_user) for r in group},
-                        logs=lambda: [r.log for r in group], metrics=metrics, secrets=secrets_of_world())
-    executor = Executor(seed, state, server, api, group, observer, report)
+                        logs=lambda: [r.log for r in group], metrics=metrics, secrets=secrets_of_world(),
+                        account=ALICE)
+    executor = Executor(seed, state, server, api, group, observer, report, router=router, elsewhere=elsewhere)
     started = time.monotonic()
     initial = ops[:2 * INITIAL_NODES]
     try:
@@ -580,6 +656,8 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
                 replica.proc.send_signal(signal.SIGCONT)
             await replica.stop()
         await api.close()
+        await router.proxy.stop()
+        await elsewhere.stop()
         await emulator.stop()
         if own_server:
             await server.astop()

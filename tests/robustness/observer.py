@@ -10,7 +10,8 @@ none. It shares no code with ``ccm/nodes/matching.py``.
 Invariants (numbers as in docs/reliability.md):
 1. a Node's providerID names its server (``EXPECT``), never another one, at every event seen;
 2. a Node the driver did not delete is deleted only once its server is gone from the emulator, and (when it had
-   a providerID) after CloudSigma's own 404 for that uuid — not a proxy's — is in the request log;
+   a providerID) the last GET of that uuid before the deletion was CloudSigma's own 404 to the cluster's account
+   at the home location — not a proxy's, not another location's (those are in another request log);
 3. no Node without the uninitialized taint lacks an InternalIP/ExternalIP, and once a Node showed the address its
    kubelet reported (a VLAN InternalIP the API cannot know), it never loses it;
 4. every tenant write (audit log) comes from the replica that held the Lease, before its lease ran out;
@@ -137,8 +138,9 @@ class Observer:
 
     def __init__(self, api: ApiClient, state: EmulatorState, *, audit_log: Path, lease_name: str,
                  lease_duration: float, writers: dict[str, Writer], logs: Callable[[], Iterable[Path]],
-                 metrics: Callable[[], Any], secrets: dict[str, str]) -> None:
+                 metrics: Callable[[], Any], secrets: dict[str, str], account: str) -> None:
         self.api = api
+        self.account = account  # the cluster's CloudSigma user (email) at the home location
         self.state = state
         self.audit = AuditTail(audit_log)
         self.lease_name = lease_name
@@ -256,11 +258,19 @@ class Observer:
             return
         pid = provider_uuid(node)
         if pid:
-            proof = [r for r in self.state.requests
-                     if r.method == "GET" and r.path.rstrip("/").endswith(f"/servers/{pid}") and r.status == 404
-                     and r.fault is None]
-            if not proof:
-                self.violate(2, name, f"deleted without CloudSigma's own 404 for {pid} in the request log")
+            # The proof rule: the last direct GET of that server answered before the deletion was CloudSigma's own
+            # 404 (no fault: the notexist body, an X-REQUEST-ID) to the cluster's account at this location — not a
+            # proxy's page, not another location's or another account's answer, not an older answer.
+            now = time.time()
+            gets = [r for r in self.state.requests
+                    if r.method == "GET" and r.path.rstrip("/").endswith(f"/servers/{pid}")
+                    and r.started_at + r.duration_ms / 1000 <= now]
+            last = gets[-1] if gets else None
+            if last is None:
+                self.violate(2, name, f"deleted without any GET of {pid} at this location (request log)")
+            elif last.status != 404 or last.fault is not None or not last.request_id or last.user != self.account:
+                self.violate(2, name, f"deleted, but the last GET of {pid} before it was not CloudSigma's own 404 "
+                                      f"to {self.account}: status {last.status}, fault {last.fault}, user {last.user}")
 
     # ----------------------------------------------------------------------------------------- periodic (4, 5)
 
@@ -372,13 +382,18 @@ def settled_problems(nodes: dict[str, dict[str, Any]], state: EmulatorState, *, 
             continue
         server = state.servers.get(want)
         if server is None:
-            if provider_uuid(node):
+            # Deleted only once a listing shows the cluster's account: one holding another Node's server. Without
+            # such a Node nothing tells a missing server from the wrong account, and the Node stays (by design).
+            if provider_uuid(node) and _another_nodes_server_exists(name, nodes, state):
                 out.append((name, f"still there, its server {want} is gone"))
             continue
         reported = ((node.get("status") or {}).get("nodeInfo") or {}).get("systemUUID")
         if not reported and not provider_uuid(node) \
                 and sum(1 for s in state.servers.values() if s["name"] == name) > 1:
             continue  # its name became ambiguous before it was initialized: nothing tells which server it is
+        if not provider_uuid(node) and UNINIT in taints(node) and server["status"] == "stopped" \
+                and not any(t in ("InternalIP", "ExternalIP") for t, _ in addresses(node)):
+            continue  # stopped before it was initialized: no address to give it, so it waits (invariant 3)
         if provider_uuid(node) != want:
             out.append((name, f"providerID {provider_uuid(node)!r}, want {want}"))
             continue
@@ -398,6 +413,11 @@ def settled_problems(nodes: dict[str, dict[str, Any]], state: EmulatorState, *, 
                 if (kind, address) not in addresses(node):
                     out.append((name, f"lost the kubelet's {kind} {address}"))
     return out
+
+
+def _another_nodes_server_exists(name: str, nodes: dict[str, dict[str, Any]], state: EmulatorState) -> bool:
+    return any(other != name and notes_of(node).get(EXPECT, "") in state.servers
+               for other, node in nodes.items())
 
 
 def _kubelet_addresses(node: dict[str, Any]) -> list[tuple[str, str]]:

@@ -40,6 +40,16 @@ MENU: tuple[tuple[str, int, str], ...] = (
     ("idle", 3, "-"),
 )
 
+#: Operations added after the first menu: drawn from a stream of their own (:func:`generate`) and slotted in
+#: between the first menu's operations, so a seed's kubelet, cloud and process history stays what it was (and each
+#: added operation has a stream of its own, so adding one moves none of the others).
+#: (operation, chance after each operation, group).
+EXTRA: tuple[tuple[str, float, str], ...] = (
+    ("wrong_location", 0.06, "cloud-fault"),  # the API URL answers as another location (misrouted DNS/LB) a while
+    ("token_revoked", 0.05, "credentials"),   # every token issued so far stops verifying (401): a new one is needed
+    ("idp_down", 0.05, "credentials"),        # the identity provider answers 503 for a while: the fallback in use
+)
+
 NAMES = tuple(f"rb-{i}" for i in range(6))
 #: Servers with registered Nodes before the faults start: the first ``2 * INITIAL_NODES`` operations.
 INITIAL_NODES = 3
@@ -172,15 +182,25 @@ def _draw(rng: random.Random, model: _Model, kind: str) -> dict[str, Any] | None
         return {"seconds": round(rng.choice([rng.uniform(1, 3), rng.uniform(7, 12)]), 1)}
     if kind == "restart_apiserver":
         return {"downtime": round(rng.uniform(0, 3), 1)}
+    if kind == "wrong_location":
+        return {"seconds": round(rng.uniform(5, 12), 1)}
+    if kind == "token_revoked":
+        return {}
+    if kind == "idp_down":
+        return {"seconds": round(rng.uniform(5, 25), 1), "revoke": rng.random() < 0.5}
     if kind == "idle":
         return {}
     raise ValueError(f"unknown operation {kind!r}")
 
 
 def generate(seed: int, steps: int, *, initial_nodes: int = INITIAL_NODES,
-             menu: tuple[tuple[str, int, str], ...] = MENU, mean_gap: float = 0.6) -> list[Op]:
-    """The whole schedule of a run: the initial servers and Nodes, then ``steps`` random operations."""
+             menu: tuple[tuple[str, int, str], ...] = MENU, extra: tuple[tuple[str, float, str], ...] = EXTRA,
+             mean_gap: float = 0.6) -> list[Op]:
+    """The whole schedule of a run: the initial servers and Nodes, then ``steps`` random operations of ``menu``
+    with the operations of ``extra`` slotted in (drawn from their own stream; not counted in ``steps``)."""
     rng = random.Random(seed)
+    # One stream per added operation: adding another one later leaves the earlier ones where they were.
+    streams = {kind: random.Random(f"{kind}-{seed}") for kind, _, _ in extra}
     model = _Model()
     ops = initial(rng, model, initial_nodes)
     kinds = [k for k, _, _ in menu]
@@ -193,6 +213,12 @@ def generate(seed: int, steps: int, *, initial_nodes: int = INITIAL_NODES,
             continue
         ops.append(Op(len(ops), kind, args, then=round(rng.expovariate(1 / mean_gap), 2)))
         drawn += 1
+        for extra_kind, chance, _ in extra:
+            more = streams[extra_kind]
+            if more.random() < chance:
+                extra_args = _draw(more, model, extra_kind)
+                if extra_args is not None:
+                    ops.append(Op(len(ops), extra_kind, extra_args, then=round(more.expovariate(1 / mean_gap), 2)))
     return ops
 
 
