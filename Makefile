@@ -64,10 +64,10 @@ bench: setup realenv
 	$(BIN)/python -m bench.fleet
 	$(MAKE) soak
 
-## soak: the robustness run for SOAK_MINUTES (30) with a random seed (SEED=N replays one); RSS slope, rates, checks
+## soak: the robustness run for SOAK_MINUTES (30) with a random seed (SEED=N replays one), going on past violations (listed at the end); RSS slope, rates, checks
 SOAK_MINUTES ?= 30
 soak: setup realenv
-	$(BIN)/python -m tests.robustness --minutes $(SOAK_MINUTES) $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m tests.robustness --minutes $(SOAK_MINUTES) --keep-going $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""``python -m tests.robustness [--seed N] [--steps N] [--minutes M]``: one robustness run (see driver.py).
+"""``python -m tests.robustness [--seed N] [--steps N] [--minutes M] [--keep-going] [--mutant M]``: one run
+(see driver.py).
 
 Without ``--seed`` a random seed is drawn and printed first, so any run can be replayed. ``--minutes`` makes it a
 soak: operations keep coming for that long, and the report adds RSS over time (slope per process), log lines and
@@ -38,6 +39,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--minutes", type=float, default=0.0, help="soak: run operations for this long")
     parser.add_argument("--mutant", default="", choices=["", *MUTANTS],
                         help="run the daemon with an old bug put back (tests/robustness/mutants.py)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="note each violation and go on (a soak's figures); still exits 1 listing them all")
     parser.add_argument("--print-schedule", action="store_true", help="print the schedule of --seed and exit")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
@@ -45,11 +48,15 @@ def main(argv: list[str]) -> int:
         print("\n".join(op.describe() for op in generate(seed, args.steps)))
         return 0
     print(f"robustness run, seed {seed}" + (f", mutant {args.mutant}" if args.mutant else ""), flush=True)
-    budget = Budget(steps=args.steps, duration=args.minutes * 60, rest_window=30.0 if args.minutes else 15.0)
+    budget = Budget(steps=args.steps, duration=args.minutes * 60, rest_window=30.0 if args.minutes else 15.0,
+                    keep_going=args.keep_going)
     try:
         report = asyncio.run(run(seed, budget, mutant=args.mutant, progress=lambda line: print(line, flush=True)))
     except RunFailed as exc:
         print(str(exc), flush=True)
+        if args.minutes and exc.report is not None:
+            print(exc.report.summary())
+            print("\n".join(soak_figures(exc.report)))
         return 1
     print(report.summary())
     if args.minutes:

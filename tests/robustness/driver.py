@@ -87,6 +87,10 @@ class MutantReplica(Replica):
 class RunFailed(AssertionError):
     """A violated invariant (or an unsettled end state), with everything needed to replay it."""
 
+    def __init__(self, text: str, report: Report | None = None) -> None:
+        super().__init__(text)
+        self.report = report
+
 
 @dataclass
 class Report:
@@ -103,6 +107,8 @@ class Report:
     node_events: int = 0
     ccm_deletions: int = 0
     rss: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # process -> (seconds, MiB)
+    keep_going: bool = False
+    violations: list[str] = field(default_factory=list)
 
     def schedule_text(self) -> str:
         return "\n".join(op.describe() for op in self.ops)
@@ -223,7 +229,8 @@ class Executor:
             provided = sorted(server_ipv4(server))[0] if server_ipv4(server) else None
         notes = {HOST: uuid, EXPECT: expect, KUBELET_ADDRESSES: ",".join(f"{t}={a}" for t, a in kubelet)}
         created = await self.kube(lambda: register_node(self.api, name, system_uuid=uuid if system_uuid else None,
-                                                        provided_node_ip=provided, annotations=notes))
+                                                        provided_node_ip=provided, annotations=notes,
+                                                        status_on_create=True))
         if kubelet:
             uid = created.metadata.uid if created is not None else None
             self.kubelet_posts.append(asyncio.create_task(self.post_addresses(name, uid, kubelet, status_after)))
@@ -537,6 +544,8 @@ class Budget:
     duration: float = 0.0
     #: Calls/min at rest may exceed the rate before the faults by this factor (more Nodes, more servers).
     rest_factor: float = 2.0
+    #: Soak: record violations and go on (the run still fails at the end, listing them all).
+    keep_going: bool = False
 
 
 async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None = None,
@@ -546,7 +555,7 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
     budget = budget or Budget()
     steps = budget.steps if not budget.duration else max(budget.steps, int(budget.duration / 0.45))
     ops = generate(seed, steps)
-    report = Report(seed, ops)
+    report = Report(seed, ops, keep_going=budget.keep_going)
     own_server = server is None
     tmp = Path(tempfile.mkdtemp(prefix=f"robustness-{seed}-", dir=workdir))
     if server is None:
@@ -644,7 +653,11 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
         observer.check_writers(settle=0.0)
         observer.check_logs()
         await observer.check_events_and_metrics()
+        report.keep_going = False
         _raise_on_violation(observer, report)
+        if report.violations:
+            raise RunFailed(failure_text(report, "\n".join(report.violations)
+                                         + f"\n({len(report.violations)} violations)", ""), report)
     finally:
         report.seconds = time.monotonic() - started
         report.checks = dict(observer.checks)
@@ -665,9 +678,21 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
 
 
 def _raise_on_violation(observer: Observer, report: Report) -> None:
-    if observer.violations:
-        first = observer.violations[0]
-        raise RunFailed(failure_text(report, first.describe(), first.node))
+    if not observer.violations:
+        return
+    if report.keep_going:  # a soak: note each one with the operations before it, and go on
+        for violation in observer.violations:
+            if any(line.startswith(violation.describe()) for line in report.violations):
+                continue  # the same finding seen again at a later event
+            last = "; ".join(line.strip() for line in report.done[-3:])
+            report.violations.append(f"{violation.describe()} [after: {last}]")
+        observer.violations.clear()
+        return
+    first = observer.violations[0]
+    what = first.describe()
+    if report.violations:
+        what = "\n".join([*report.violations, what]) + f"\n({len(report.violations) + 1} violations)"
+    raise RunFailed(failure_text(report, what, first.node), report)
 
 
 def failure_text(report: Report, what: str, node: str) -> str:
@@ -686,6 +711,7 @@ async def _wait_until(predicate: Callable[[], bool], timeout: float, what: str, 
             detail = "; ".join(f"{n}: {p}" for n, p in problems[:8])
             observer.violate(6, problems[0][0] if problems else "", f"not {what} within {timeout:g} s: {detail}")
             _raise_on_violation(observer, report)
+            return
         await asyncio.sleep(0.2)
 
 

@@ -8,7 +8,8 @@ without, the one server of the Node's name that existed at registration, or none
 none. It shares no code with ``ccm/nodes/matching.py``.
 
 Invariants (numbers as in docs/reliability.md):
-1. a Node's providerID names its server (``EXPECT``), never another one, at every event seen;
+1. a Node's providerID names its server (``EXPECT``; where that is undecidable, ``HOST``), never another one, at
+   every event seen;
 2. a Node the driver did not delete is deleted only once its server is gone from the emulator, and (when it had
    a providerID) the last GET of that uuid before the deletion was CloudSigma's own 404 to the cluster's account
    at the home location — not a proxy's, not another location's (those are in another request log);
@@ -225,10 +226,12 @@ class Observer:
         if EXPECT not in notes:
             return
         got = provider_uuid(node)
-        want = notes[EXPECT]
+        # EXPECT is the server a CCM can tell from the Node's registration; when it cannot (no systemUUID and the
+        # name not unique then), the server the Node runs on (HOST) is still the only right answer.
+        want = notes[EXPECT] or notes.get(HOST, "")
         if got and got != want:
-            whose = want or "undecidable (no systemUUID, name not unique at registration)"
-            self.violate(1, node["metadata"]["name"], f"providerID cloudsigma://{got}, its server is {whose}; "
+            how = "" if notes[EXPECT] else " (no systemUUID, name not unique at registration)"
+            self.violate(1, node["metadata"]["name"], f"providerID cloudsigma://{got}, its server is {want}{how}; "
                                                       f"node uid {node['metadata'].get('uid')}")
 
     def _check_untainted_has_ip(self, node: dict[str, Any]) -> None:
@@ -377,8 +380,8 @@ def settled_problems(nodes: dict[str, dict[str, Any]], state: EmulatorState, *, 
             continue
         want = notes[EXPECT]
         if not want:
-            if provider_uuid(node):
-                out.append((name, "a providerID although its server cannot be told"))
+            if provider_uuid(node) and provider_uuid(node) != notes.get(HOST):
+                out.append((name, "a providerID of another server although its own cannot be told"))
             continue
         server = state.servers.get(want)
         if server is None:
