@@ -24,6 +24,12 @@ def soak_figures(report: Report) -> list[str]:
     lines = [f"log lines/min {report.log_lines / minutes:.0f}; Events/min {report.events / minutes:.1f}; "
              f"CloudSigma calls/min at rest {report.rest_per_min:.0f} "
              f"(before the faults {report.baseline_per_min:.0f})"]
+    lives = [samples for samples in report.rss.values() if samples]
+    if lives:
+        longest_life = max(s[-1][0] - s[0][0] for s in lives)
+        lines.append(f"{len(lives)} process lives (kill_leader restarts them), the longest {longest_life / 60:.1f} "
+                     f"min; RSS {min(s[0][1] for s in lives):.1f}-{max(m for s in lives for _, m in s):.1f} MiB "
+                     f"over the whole run")
     longest = sorted(report.rss.items(), key=lambda kv: -(kv[1][-1][0] - kv[1][0][0]) if kv[1] else 0)
     for process, samples in longest[:4]:
         span = samples[-1][0] - samples[0][0] if samples else 0.0

@@ -615,6 +615,7 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
         window_start = time.time()
         await asyncio.sleep(budget.rest_window)
         report.baseline_per_min = calls_per_minute(state, window_start, time.time())
+        baseline_nodes = max(len(observer.nodes), 1)
         progress(f"baseline {report.baseline_per_min:.0f} calls/min")
         rss_t0 = time.monotonic()
         queue = ops[len(initial):]
@@ -646,9 +647,12 @@ async def run(seed: int, budget: Budget | None = None, *, workdir: Path | None =
         await asyncio.sleep(budget.rest_window)
         report.rest_per_min = calls_per_minute(state, window_start, time.time())
         observer.checks[6] += 1
-        if report.rest_per_min > budget.rest_factor * report.baseline_per_min + 10:
-            observer.violate(6, "", f"CloudSigma calls/min at rest {report.rest_per_min:.0f}, before the faults "
-                                    f"{report.baseline_per_min:.0f} (allowed x{budget.rest_factor:g} + 10)")
+        # Calls grow with the Nodes (a NotReady one is looked at every monitor period): scale by their number.
+        scale = max(1.0, len(observer.nodes) / baseline_nodes)
+        if report.rest_per_min > budget.rest_factor * scale * report.baseline_per_min + 10:
+            observer.violate(6, "", f"CloudSigma calls/min at rest {report.rest_per_min:.0f} with "
+                                    f"{len(observer.nodes)} Nodes, before the faults {report.baseline_per_min:.0f} "
+                                    f"with {baseline_nodes} (allowed x{budget.rest_factor:g} per Node + 10)")
         await asyncio.sleep(6.0)  # the audit tail: every write of the run is past the settle horizon
         observer.check_writers(settle=0.0)
         observer.check_logs()
