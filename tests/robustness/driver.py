@@ -115,7 +115,7 @@ class Report:
 
     def summary(self) -> str:
         checks = ", ".join(f"{k}: {self.checks.get(k, 0)}" for k in INVARIANTS)
-        return (f"seed {self.seed}: {len(self.ops)} operations in {self.seconds:.0f} s; settled in "
+        return (f"seed {self.seed}: {len(self.done)} operations in {self.seconds:.0f} s; settled in "
                 f"{self.settle_seconds:.1f} s (bound {SETTLE_BOUND:g} s); CloudSigma calls/min at rest "
                 f"{self.rest_per_min:.0f} (before the faults {self.baseline_per_min:.0f}); {self.log_lines} log "
                 f"lines, {self.events} Events, {self.node_events} Node events seen, {self.ccm_deletions} deletions "
