@@ -39,17 +39,19 @@ WHAT = {
 CAUGHT = (
     ("no-account-check", "deletion on a genuine 404 from a wrong location/account (no account verdict, no fresh "
                          "listing holding another Node's server)",
-     "`--seed 106`: invariant 2, `rb-1: deleted while its server f8c63ed6-… exists (running)` — a NotReady Node "
+     "`--seed 106`: invariant 2, `rb-1: deleted while its server <uuid> exists (running)` — a NotReady Node "
      "during a `wrong_location` window. Seeds 103, 109: not caught"),
     ("any-404-is-proof", "a proxy's 404 counted as CloudSigma's notexist",
-     "`--seed 101`: invariant 2, `rb-2: deleted, but the last GET of 1c5d4fca-… before it was not CloudSigma's own "
+     "`--seed 101`: invariant 2, `rb-2: deleted, but the last GET of <uuid> before it was not CloudSigma's own "
      "404 to alice@example.com: status 404, fault proxy_html, user None`. Seeds 30, 52, 76, 84: not caught (the "
      "fresh listing still blocks most such deletions)"),
     ("untaint-without-ip", "a node initialized without an IP address",
      "`--seed 62`: invariant 3, `rb-1: no uninitialized taint, addresses []` — registered, then its server "
      "stopped (no DHCP address) before the CCM initialized it"),
     ("no-fence", "a deposed leader's writes (the transport does not ask the lease's fence)",
-     "not caught in seeds 30 and 32 (pauses of 7-12 s beyond the 6 s lease)"),
+     "not caught: seeds 30 and 32 (SIGSTOP 7-12 s, beyond the 6 s lease), and a trial operation hanging the "
+     "leader's management API for 9 s (seed 106): the elector stops the controllers at the renew deadline (4 s), "
+     "before the lease ends, so only a write in flight at that moment needs the fence, and none was"),
     ("blind-status-write", "the address write to nodes/status without uid/resourceVersion",
      "not caught in seeds 3, 5, 6"),
 )
