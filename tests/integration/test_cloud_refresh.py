@@ -65,10 +65,13 @@ async def test_a_cloud_change_is_on_the_node_within_one_period(
         world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, kube_api: ApiClient,
         change: str) -> None:
     gpu = world.add_tag("gpu", owner=ALICE)
+    # A host group's id comes from its smallest member uuid: follow-1's is the largest, so moving it from
+    # neighbour's host to other's changes its label whatever uuids the emulator would have drawn.
     server = world.add_server(ALICE, "follow-1", nics=[public_dhcp_nic("auto")], tags=[gpu],
-                              meta={"pool": "blue", "cluster": "c1"}, host="h1")
-    world.add_server(ALICE, "neighbour", host="h1")  # h1 is a group of two, h2 another group
-    world.add_server(ALICE, "other", host="h2")
+                              meta={"pool": "blue", "cluster": "c1"}, host="h1",
+                              uuid="ffffffff-0000-4000-8000-000000000001")
+    world.add_server(ALICE, "neighbour", host="h1", uuid="11111111-0000-4000-8000-000000000001")
+    world.add_server(ALICE, "other", host="h2", uuid="22222222-0000-4000-8000-000000000001")
     await register_node(kube_api, "follow-1")
     apply, arrived = CHANGES[change]
     async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, server_refresh_period=f"{PERIOD}s",
