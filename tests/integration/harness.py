@@ -18,6 +18,7 @@ from ccm.logging import Redactor
 from ccm.single.process import build
 from ccm.tenant.controllers import Components, run_controllers
 from tests.emulator import EmulatorServer, EmulatorState
+from tests.realenv.nodes import UNINITIALIZED_TAINT_KEY as UNINIT
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 ALICE_PW, BOB_PW = "alice-password-1", "bob-password-1"
@@ -90,6 +91,12 @@ async def events_for(api: ApiClient, name: str, uid: str | None = None) -> list[
 
 def taint_keys(node: dict[str, Any]) -> set[str]:
     return {t.get("key") for t in (node.get("spec") or {}).get("taints") or []}
+
+
+async def initialized(api: ApiClient, name: str) -> dict[str, Any] | None:
+    """The Node once the CCM has removed its uninitialized taint, else None (for ``wait_for``)."""
+    node = await node_json(api, name)
+    return node if UNINIT not in taint_keys(node) else None
 
 
 def addresses(node: dict[str, Any]) -> set[tuple[str, str]]:

@@ -11,20 +11,13 @@ from kubernetes_asyncio.client import ApiClient
 
 from ccm.cloudlabels.decide import HOST_GROUP, MANAGED_ANNOTATION
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
-from tests.integration.harness import ALICE, node_json, running_ccm, taint_keys, two_users
+from tests.integration.harness import ALICE, initialized, node_json, running_ccm
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
 
-UNINIT = "node.cloudprovider.kubernetes.io/uninitialized"
 M = "node.cloudsigma.com/meta."
 T = "node.cloudsigma.com/tag."
 pytestmark = pytest.mark.usefixtures("clean_nodes")
-
-
-@pytest.fixture
-def world(emulator_state: EmulatorState) -> EmulatorState:
-    two_users(emulator_state)
-    return emulator_state
 
 
 def ours(node: dict[str, Any]) -> dict[str, str]:
@@ -35,11 +28,6 @@ def ours(node: dict[str, Any]) -> dict[str, str]:
 def managed(node: dict[str, Any]) -> set[str]:
     raw = (node["metadata"].get("annotations") or {}).get(MANAGED_ANNOTATION, "")
     return {k for k in raw.split(",") if k}
-
-
-async def initialized(api: ApiClient, name: str) -> dict[str, Any] | None:
-    node = await node_json(api, name)
-    return node if UNINIT not in taint_keys(node) else None
 
 
 async def test_meta_and_tags_are_mirrored_and_follow_changes(

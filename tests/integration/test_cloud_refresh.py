@@ -13,27 +13,21 @@ from kubernetes_asyncio.client import ApiClient
 
 from ccm.cloudlabels.decide import HOST_GROUP
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
-from tests.integration.harness import ALICE, addresses, node_json, running_ccm, taint_keys, two_users
+from tests.integration.harness import (
+    ALICE,
+    addresses,
+    initialized,
+    node_json,
+    running_ccm,
+)
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import patch_node_status, register_node, set_ready, wait_for
 
-UNINIT = "node.cloudprovider.kubernetes.io/uninitialized"
 M = "node.cloudsigma.com/meta."
 T = "node.cloudsigma.com/tag."
 PERIOD = 1.0
 SLACK = 10.0  # seconds a loaded machine may add; nothing else could bring the change within the test
 pytestmark = pytest.mark.usefixtures("clean_nodes")
-
-
-@pytest.fixture
-def world(emulator_state: EmulatorState) -> EmulatorState:
-    two_users(emulator_state)
-    return emulator_state
-
-
-async def initialized(api: ApiClient, name: str) -> dict[str, Any] | None:
-    node = await node_json(api, name)
-    return node if UNINIT not in taint_keys(node) else None
 
 
 def labels(node: dict[str, Any]) -> dict[str, str]:

@@ -16,23 +16,20 @@ import structlog
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
-from tests.integration.harness import ALICE, addresses, events_for, node_json, running_ccm, taint_keys, two_users
+from tests.integration.harness import (
+    ALICE,
+    UNINIT,
+    addresses,
+    events_for,
+    initialized,
+    node_json,
+    running_ccm,
+    taint_keys,
+)
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
 
-UNINIT = "node.cloudprovider.kubernetes.io/uninitialized"
 pytestmark = pytest.mark.usefixtures("clean_nodes")
-
-
-@pytest.fixture
-def world(emulator_state: EmulatorState) -> EmulatorState:
-    two_users(emulator_state)
-    return emulator_state
-
-
-async def initialized(api: ApiClient, name: str) -> dict[str, Any] | None:
-    node = await node_json(api, name)
-    return node if UNINIT not in taint_keys(node) else None
 
 
 async def delete_node(api: ApiClient, name: str) -> None:

@@ -14,30 +14,19 @@ from tests.emulator import EmulatorServer, EmulatorState, private_vlan_nic, publ
 from tests.integration.harness import (
     ALICE,
     BOB,
+    UNINIT,
     addresses,
     events_for,
+    initialized,
     node_json,
     running_ccm,
     taint_keys,
-    two_users,
 )
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.nodes import register_node, wait_for
 
-UNINIT = "node.cloudprovider.kubernetes.io/uninitialized"
 pytestmark = pytest.mark.usefixtures("clean_nodes")
-
-
-@pytest.fixture
-def world(emulator_state: EmulatorState) -> EmulatorState:
-    two_users(emulator_state)
-    return emulator_state
-
-
-async def initialized(api: ApiClient, name: str) -> dict[str, Any] | None:
-    node = await node_json(api, name)
-    return node if UNINIT not in taint_keys(node) else None
 
 
 async def test_fresh_node_is_initialized(world: EmulatorState, emulator: EmulatorServer,
