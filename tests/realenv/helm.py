@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
+from tests.realenv.gotools import go_tool_binary
+
 __all__ = ["CHART", "HelmError", "helm", "helm_binary", "template"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-helm.sh"
 CHART = REPO_ROOT / "deploy" / "helm" / "cloudsigma-ccm"
-ENV_BINARY = "CCM_HELM_BIN"
 
 Obj = dict[str, Any]
 
@@ -32,15 +32,7 @@ class HelmError(RuntimeError):
 @functools.cache
 def helm_binary() -> Path:
     """The helm binary: ``$CCM_HELM_BIN``, else the build script's (cached) output."""
-    env = os.environ.get(ENV_BINARY)
-    if env:
-        return Path(env)
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True,
-                          check=False, timeout=1800)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise HelmError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
-    return Path(lines[-1])
+    return go_tool_binary("build-helm.sh", "CCM_HELM_BIN", HelmError, timeout=1800)
 
 
 def helm(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:

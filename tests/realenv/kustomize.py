@@ -7,7 +7,6 @@ cached per machine, like the test kube-apiserver) — what ``kubectl apply -k`` 
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,11 +14,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["KustomizeError", "find_object", "kustomize_binary", "object_id", "render"]
+from tests.realenv.gotools import go_tool_binary
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-kustomize.sh"
-ENV_BINARY = "CCM_KUSTOMIZE_BIN"
+__all__ = ["KustomizeError", "find_object", "kustomize_binary", "object_id", "render"]
 
 Obj = dict[str, Any]
 
@@ -31,15 +28,7 @@ class KustomizeError(RuntimeError):
 @functools.cache
 def kustomize_binary() -> Path:
     """The kustomize binary: ``$CCM_KUSTOMIZE_BIN``, else the build script's (cached) output."""
-    env = os.environ.get(ENV_BINARY)
-    if env:
-        return Path(env)
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True,
-                          check=False, timeout=900)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise KustomizeError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
-    return Path(lines[-1])
+    return go_tool_binary("build-kustomize.sh", "CCM_KUSTOMIZE_BIN", KustomizeError, timeout=900)
 
 
 def render(directory: str | Path) -> list[Obj]:

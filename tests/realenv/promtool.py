@@ -7,15 +7,12 @@ scripts/build-promtool.sh, cached per machine like kustomize and Helm).
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 from pathlib import Path
 
-__all__ = ["PromtoolError", "promtool", "promtool_binary"]
+from tests.realenv.gotools import go_tool_binary
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-promtool.sh"
-ENV_BINARY = "CCM_PROMTOOL_BIN"
+__all__ = ["PromtoolError", "promtool", "promtool_binary"]
 
 
 class PromtoolError(RuntimeError):
@@ -25,15 +22,7 @@ class PromtoolError(RuntimeError):
 @functools.cache
 def promtool_binary() -> Path:
     """The promtool binary: ``$CCM_PROMTOOL_BIN``, else the build script's (cached) output."""
-    env = os.environ.get(ENV_BINARY)
-    if env:
-        return Path(env)
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True,
-                          check=False, timeout=2400)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise PromtoolError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
-    return Path(lines[-1])
+    return go_tool_binary("build-promtool.sh", "CCM_PROMTOOL_BIN", PromtoolError, timeout=2400)
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
