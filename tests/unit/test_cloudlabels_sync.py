@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,14 +23,6 @@ from cloudsigma.models import Server, Tag
 from tests.unit.factories import UUID1, UUID2, node, server
 
 BASE = {"region": "zrh", "username": "ops@example.com", "password": "pw-123456"}
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("CLOUDSIGMA_") or key == "KUBECONFIG":
-            monkeypatch.delenv(key)
-    return monkeypatch
 
 
 # ------------------------------------------------------------------------------------------- settings

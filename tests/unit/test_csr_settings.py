@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ccm.cli import parse
@@ -12,12 +10,7 @@ from ccm.config import ConfigError, load_settings
 BASE = {"region": "zrh", "username": "ops@example.com", "password": "pw-123456"}
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("CLOUDSIGMA_") or key == "KUBECONFIG":
-            monkeypatch.delenv(key)
-    return monkeypatch
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_off_by_default() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ccm.cli import parse
@@ -13,12 +11,7 @@ IMPERSONATING = {"region": "zrh", "impersonation_enabled": True, "oauth_url": "h
                  "client_id": "ccm", "client_secret": "s3cret-value-1", "user_email": "alice@example.com"}
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("CLOUDSIGMA_") or key == "KUBECONFIG":
-            monkeypatch.delenv(key)
-    return monkeypatch
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_off_by_default_and_on_is_the_kube_dc_target(clean_env: pytest.MonkeyPatch) -> None:
