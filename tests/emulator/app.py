@@ -229,16 +229,20 @@ async def list_servers_detail(request: web.Request) -> web.Response:
     return await _list_servers(request, detail=True)
 
 
-async def get_server(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    user = await _user(request)
-    srv_uuid = request.match_info["uuid"]
+def _own_server(state: EmulatorState, user: User, srv_uuid: str) -> dict[str, Any]:
+    """The server ``srv_uuid`` if it is the user's: 404 if there is none, 403 if it is someone else's."""
     srv = state.servers.get(srv_uuid)
     if srv is None:
         raise ApiError(404, f"Server {srv_uuid} does not exist.", "notexist")
     if srv["owner"]["uuid"] != user.uuid:
         raise _permission_error(user, srv_uuid)
-    return json_response(srv)
+    return srv
+
+
+async def get_server(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    return json_response(_own_server(state, user, request.match_info["uuid"]))
 
 
 async def _api_body(request: web.Request) -> dict[str, Any]:
@@ -256,11 +260,7 @@ async def put_server(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     user = await _user(request)
     srv_uuid = request.match_info["uuid"]
-    srv = state.servers.get(srv_uuid)
-    if srv is None:
-        raise ApiError(404, f"Server {srv_uuid} does not exist.", "notexist")
-    if srv["owner"]["uuid"] != user.uuid:
-        raise _permission_error(user, srv_uuid)
+    _own_server(state, user, srv_uuid)
     body = await _api_body(request)
     try:
         return json_response(state.update_server(srv_uuid, body))
@@ -283,11 +283,7 @@ async def server_availability_group(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     user = await _user(request)
     srv_uuid = request.match_info["uuid"]
-    srv = state.servers.get(srv_uuid)
-    if srv is None:
-        raise ApiError(404, f"Server {srv_uuid} does not exist.", "notexist")
-    if srv["owner"]["uuid"] != user.uuid:
-        raise _permission_error(user, srv_uuid)
+    _own_server(state, user, srv_uuid)
     return json_response(state.availability_group_of(srv_uuid))
 
 
@@ -371,16 +367,23 @@ async def list_ips_detail(request: web.Request) -> web.Response:
     return await _list_ips(request, detail=True)
 
 
-async def get_ip(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    user = await _user(request)
-    addr = request.match_info["ip"]
+def _own_ip(state: EmulatorState, user: User, addr: str) -> tuple[IpRecord, dict[str, str]]:
+    """The user's IP ``addr`` and what is attached now: 404 if there is none (a DHCP lease no running server
+    holds is not listed either), 403 if it is someone else's."""
     rec = state.ips.get(addr)
     attached = state.ip_attachments()
     if rec is None or (rec.dynamic and rec.uuid not in attached):
         raise ApiError(404, f"IP {addr} does not exist.", "notexist")
     if rec.owner_uuid != user.uuid:
         raise _permission_error(user, addr)
+    return rec, attached
+
+
+async def get_ip(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    user = await _user(request)
+    addr = request.match_info["ip"]
+    rec, attached = _own_ip(state, user, addr)
     return json_response(_render_ip(rec, attached.get(rec.uuid), detail=True))
 
 
@@ -390,12 +393,7 @@ async def put_ip(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     user = await _user(request)
     addr = request.match_info["ip"]
-    rec = state.ips.get(addr)
-    attached = state.ip_attachments()
-    if rec is None or (rec.dynamic and rec.uuid not in attached):
-        raise ApiError(404, f"IP {addr} does not exist.", "notexist")
-    if rec.owner_uuid != user.uuid:
-        raise _permission_error(user, addr)
+    rec, attached = _own_ip(state, user, addr)
     body = await _api_body(request)
     if "meta" in body:
         try:
