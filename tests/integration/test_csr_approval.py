@@ -27,7 +27,7 @@ from ccm.kube.permissions import TENANT, needed
 from ccm.kube.transport import KubeTransport
 from ccm.workqueue import WorkQueue
 from tests.emulator import EmulatorServer, EmulatorState, private_vlan_nic, public_dhcp_nic, public_static_nic
-from tests.integration.harness import ALICE, events_for, node_json, running_ccm, taint_keys, two_users
+from tests.integration.harness import ALICE, events_for, node_json, running_ccm, taint_keys
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
 from tests.realenv.kustomize import render
@@ -77,12 +77,6 @@ async def nodes_may_request(kube_api: ApiClient) -> AsyncIterator[None]:
     await kube.request("POST", path, body=NODES_MAY_REQUEST)
     yield
     await kube.request("DELETE", f"{path}/test-nodes-request-certificates")
-
-
-@pytest.fixture
-def world(emulator_state: EmulatorState) -> EmulatorState:
-    two_users(emulator_state)
-    return emulator_state
 
 
 class Kubelet:

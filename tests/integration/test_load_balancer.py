@@ -26,7 +26,7 @@ from ccm.loadbalancer.service import FINALIZER
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic, public_manual_nic
-from tests.integration.harness import ALICE, CLIENT_ID, CLIENT_SECRET, running_ccm, two_users
+from tests.integration.harness import ALICE, CLIENT_ID, CLIENT_SECRET, running_ccm
 from tests.integration.test_fleet_runtime import _open_fence, fleet_settings, spec
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
@@ -43,12 +43,6 @@ LB = {"load_balancer": "metallb", "load_balancer_claim_settle": "300ms"}
 
 def services(namespace: str = NS) -> str:
     return f"/api/v1/namespaces/{namespace}/services"
-
-
-@pytest.fixture
-def world(emulator_state: EmulatorState) -> EmulatorState:
-    two_users(emulator_state)
-    return emulator_state
 
 
 def subscribe(world: EmulatorState, n: int, *, first: int = 10) -> list[str]:

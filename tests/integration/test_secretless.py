@@ -32,8 +32,8 @@ from credentials.base import Credential, CredentialRejected, NoCredential
 from credentials.cache import CacheKey
 from credentials.factory import build_chain
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic
-from tests.integration.harness import addresses, node_json, taint_keys
-from tests.integration.test_e2e import UNINIT, ccm_binary, free_port, http_get, metric
+from tests.integration.harness import addresses, initialized
+from tests.integration.test_e2e import ccm_binary, free_port, http_get, metric
 from tests.realenv.keycloak import Keycloak
 from tests.realenv.keycloak_fixtures import ALICE
 from tests.realenv.kubeapiserver import KubeAPIServer
@@ -203,11 +203,6 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
             if isinstance(entry, dict):
                 out.append(entry)
     return out
-
-
-async def initialized(api: ApiClient, name: str) -> dict[str, Any] | None:
-    node = await node_json(api, name)
-    return node if UNINIT not in taint_keys(node) else None
 
 
 @pytest.fixture
