@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kubernetes_asyncio import config
-from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
 from ccm.kube.kubeconfig import Kubeconfig, KubeconfigError, parse_kubeconfig, read_kubeconfig
+from ccm.kube.library import ApiClient, ConfigException, Configuration, KubeConfigLoader, load_incluster_config
 from credentials.files import WatchedFile
 
 __all__ = ["KubeconfigClient", "KubeconfigError", "api_client", "api_client_from_dict", "in_cluster_namespace"]
@@ -39,7 +37,7 @@ async def _client_for(kubeconfig: Kubeconfig) -> ApiClient:
         loader = KubeConfigLoader(config_dict=kubeconfig.document, config_base_path=str(kubeconfig.path.parent))
         await loader.load_and_set(cfg)
         client = ApiClient(configuration=cfg)
-    except config.ConfigException as exc:  # the library's messages name keys and files, not values
+    except ConfigException as exc:  # the library's messages name keys and files, not values
         raise KubeconfigError(kubeconfig.path, f"cannot be loaded: {exc}") from None
     except (OSError, ValueError) as exc:  # bad base64, unreadable or malformed certificate/key files
         raise KubeconfigError(kubeconfig.path, f"credentials cannot be loaded ({type(exc).__name__}): check the "
@@ -70,7 +68,7 @@ async def api_client_from_dict(document: dict[str, Any], *, source: str, user_ag
         loader = KubeConfigLoader(config_dict=document)
         await loader.load_and_set(cfg)
         client = ApiClient(configuration=cfg)
-    except config.ConfigException as exc:
+    except ConfigException as exc:
         raise KubeconfigError(where, f"cannot be loaded: {exc}") from None
     except (OSError, ValueError) as exc:
         raise KubeconfigError(where, f"credentials cannot be loaded ({type(exc).__name__}): check the "
@@ -101,7 +99,7 @@ async def api_client(kubeconfig: Path | None) -> ApiClient:
     if kubeconfig is not None:
         return await _client_for(read_kubeconfig(kubeconfig))
     cfg = Configuration()
-    config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     client = ApiClient(configuration=cfg)
     _skip_env_lookups(client)
     return client

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient
 
 from ccm.kube.errors import KubeError, KubeUnavailable, error_for
+from ccm.kube.library import ApiClient
 from ccm.kube.permissions import Permission, check, request_of
 
 if TYPE_CHECKING:

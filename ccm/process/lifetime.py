@@ -14,11 +14,11 @@ import signal
 from pathlib import Path
 
 import structlog
-from kubernetes_asyncio.client import ApiClient
 
 from ccm.config import ConfigError, Settings, env_name, flag_name
 from ccm.health import HealthState, create_app, start_server
 from ccm.kube.clients import KubeconfigClient, KubeconfigError, api_client, in_cluster_namespace
+from ccm.kube.library import ApiClient
 from ccm.metrics import Metrics
 
 __all__ = ["kube_client", "lease_namespace", "serve_health", "stop_on_signals"]

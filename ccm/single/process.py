@@ -18,13 +18,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 import structlog
-from kubernetes_asyncio.client import ApiClient
 
 from ccm.clusterref import ClusterIdentity, ClusterRefFollower
 from ccm.config import Settings, secrets_of
 from ccm.fencing import Fence
 from ccm.health import HealthState
 from ccm.kube.clients import KubeconfigClient
+from ccm.kube.library import ApiClient
 from ccm.kube.permissions import cluster_ref as cluster_ref_permissions
 from ccm.kube.permissions import leader_election
 from ccm.kube.transport import KubeTransport

@@ -14,18 +14,18 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
-from kubernetes_asyncio.client import ApiClient
 
 from ccm.cloudlabels.sources import LabelSources
 from ccm.cloudlabels.sync import CloudLabels, policy_from_settings
 from ccm.config import Settings
-from ccm.csr.controller import CSRController
 from ccm.fencing import Fence
 from ccm.health import HealthState
 from ccm.kube.clients import KubeconfigClient
 from ccm.kube.events import EventRecorder
+from ccm.kube.library import ApiClient
 from ccm.kube.permissions import TENANT, needed
 from ccm.kube.transport import KubeTransport
 from ccm.loadbalancer import controller as load_balancer
@@ -45,6 +45,9 @@ from ccm.tokenbroker.controller import TokenBroker
 from ccm.tokenbroker.wiring import build_token_broker, token_broker_permissions
 from cloudsigma.client import CloudSigmaClient, RetryPolicy
 from credentials.chain import CredentialChain
+
+if TYPE_CHECKING:
+    from ccm.csr.controller import CSRController
 
 __all__ = ["Components", "TenantIdentity", "build_tenant", "make_node_watcher", "run_controllers"]
 
@@ -158,9 +161,12 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
         deletion_enabled=settings.node_deletion_enabled, use_system_uuid=settings.node_lookup_by_system_uuid,
         account=account,
     )
-    csr = (CSRController(kube=kube, nodes=watcher, cache=cache, events=events, metrics=metrics,
-                         deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
-           if settings.csr_approval != "off" else None)
+    csr: CSRController | None = None
+    if settings.csr_approval != "off":
+        from ccm.csr.controller import CSRController  # only when on: it parses certificates (cryptography.x509)
+
+        csr = CSRController(kube=kube, nodes=watcher, cache=cache, events=events, metrics=metrics,
+                            deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
     lb = load_balancer.from_settings(settings, kube=kube, client=client, nodes=watcher, cache=cache, events=events,
                                      metrics=metrics, cluster=identity.cluster)
     broker = build_token_broker(settings, kube=kube, chain=services.chain, redactor=services.redactor, owner=user,
