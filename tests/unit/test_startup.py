@@ -127,3 +127,21 @@ def test_the_default_shutdown_budget_fits_the_default_grace_period() -> None:
     budget = ShutdownBudget(drain=shutdown)
     assert budget.fits(grace) and budget.total == shutdown + budget.flush + budget.release + budget.exit
     assert not ShutdownBudget(drain=grace).fits(grace)
+
+
+def test_the_daemon_pins_the_allocator_threshold_before_it_runs(clean_env: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single-tenant like the fleet: freed TLS read buffers go back to the OS (ccm/process/allocator.py)."""
+    import ccm.process.allocator
+
+    calls: list[str] = []
+    monkeypatch.setattr(ccm.process.allocator, "return_large_buffers", lambda: calls.append("pinned") or True)
+
+    async def fake_run(settings: Settings, redactor: Any) -> int:
+        calls.append("run")
+        return 0
+
+    monkeypatch.setattr(ccm.single.process, "run", fake_run)
+    monkeypatch.setenv("CLOUDSIGMA_PASSWORD", PASSWORD)
+    assert main(_args(clean_env)) == 0
+    assert calls == ["pinned", "run"]
