@@ -7,6 +7,7 @@ import asyncio
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import environment, nodestore
+from bench import environment, footprint, nodestore
 from bench.report import evaluate_targets, render_report
 from bench.scenario import Options, run_case
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freshness-period", type=float, default=5.0,
                    help="--server-refresh-period of the freshness run, seconds (default 5; figures are scaled to "
                         "the production default)")
+    p.add_argument("--no-footprint", action="store_true",
+                   help="skip start-up, idle RSS (python -m bench.footprint) and the server snapshot per server "
+                        "(python -m bench.serverstore), which otherwise run first")
     p.add_argument("--no-node-store", action="store_true",
                    help="skip the memory-per-held-Node measurement (python -m bench.nodestore) for each N")
     return p
@@ -121,6 +125,11 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         },
         "runs": [],
     }
+    if not args.no_footprint:
+        results["footprint"] = await footprint.measure(work_dir=work_dir, log=log)
+        results["server_store"] = await asyncio.to_thread(server_store, SERVER_STORE_N)
+        log(f"[server-store] {results['server_store']['bytes_per_server']} B per server "
+            f"({SERVER_STORE_N} servers)")
     for n in nodes:
         profile_dir = args.results_dir if args.profile and n == max(nodes) else None
         opts = Options(latency_ms=args.latency_ms, register_concurrency=args.register_concurrency,
@@ -155,6 +164,17 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     results["total_seconds"] = round(time.monotonic() - started, 1)
     results["targets"] = evaluate_targets(results)
     return results
+
+
+#: Servers in the snapshot measurement (as in bench.daemonheap's default).
+SERVER_STORE_N = 2000
+
+
+def server_store(n: int) -> dict[str, Any]:
+    """``python -m bench.serverstore --servers n`` in a fresh interpreter (tracemalloc stays out of the bench)."""
+    out = subprocess.run([sys.executable, "-m", "bench.serverstore", "--servers", str(n)], check=True,
+                         capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    return dict(json.loads(out.stdout))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,14 +59,18 @@ async def read_templates(server: KubeAPIServer, names: list[str]) -> list[Initia
         await api.close()
 
 
-async def floor_tenant(server: KubeAPIServer, names: list[str], templates: list[Initialised]) -> Registration:
-    """Create ``names`` concurrently and initialise each as soon as its create returns (two patches)."""
+async def floor_tenant(server: KubeAPIServer, names: list[str], templates: list[Initialised], *,
+                       concurrency: int | None = None) -> Registration:
+    """Create ``names`` concurrently (at most ``concurrency`` creates in flight, like the burst's registration;
+    default all at once) and initialise each as soon as its create returns (two patches)."""
     api = await admin_client(server.admin_kubeconfig, pool_size=max(1, len(names)))
     kube = KubeTransport(api)
     reg = Registration(started=time.monotonic())
+    creates = asyncio.Semaphore(concurrency or max(1, len(names)))
 
     async def one(name: str, tpl: Initialised) -> None:
-        status, raw = await call(api, "POST", NODES, body=node_body(name))
+        async with creates:
+            status, raw = await call(api, "POST", NODES, body=node_body(name))
         if not 200 <= status < 300:
             raise RuntimeError(f"creating node {name} failed: {status} {raw[:300]!r}")
         reg.created_at[name] = time.monotonic()

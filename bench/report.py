@@ -17,6 +17,12 @@ from bench.reporting import store_slope as _store_slope
 ANALYSIS_PATH = Path(__file__).resolve().parent / "analysis.md"
 TOKEN_REFRESH_MARGIN_S = 120.0  # ccm.config default: refresh this long before expiry, capped at 25% of lifetime
 HANDFUL = 5
+#: Issue 25's goals.
+IDLE_RSS_GOAL_MIB = 65.0
+BURST_RSS_GOALS = {1000: 80.0, 5000: 160.0}
+STARTUP_RATIO_GOAL = 1.3
+FLOOR_RATIO_GOAL = 1.2
+SERVER_BYTES_GOAL = 2 * 1024
 
 
 def _runs(results: dict[str, Any], mode: str) -> dict[int, dict[str, Any]]:
@@ -89,6 +95,41 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("peak RSS under 100 MiB", f"N={n:,}", _fmt(rss, " MiB", 1),
             (rss is not None and rss < 100.0) if n <= 1000 else None,
             "" if n <= 1000 else "reported (target is for 1,000)")
+    for n, r in sorted(ours.items()):
+        rss = r.get("daemon", {}).get("peak_rss_mib")
+        goal = BURST_RSS_GOALS.get(n)
+        if goal is not None:
+            add(f"burst daemon's peak RSS ≤ {goal:g} MiB at {n:,} nodes", f"N={n:,}", _fmt(rss, " MiB", 1),
+                rss is not None and rss <= goal, "VmHWM over the burst and the idle window; RSS at the end of the "
+                f"idle window {_fmt(r.get('idle', {}).get('rss_mib'), ' MiB', 1)}")
+    for n, r in sorted(ours.items()):
+        ratio = r.get("burst_vs_floor")
+        if ratio is None:
+            continue
+        add(f"burst ≤ {FLOOR_RATIO_GOAL:g}x the bare client's floor", f"N={n:,}",
+            f"{_fmt(ratio, 'x')} ({_fmt(r.get('burst', {}).get('burst_s'), ' s')} vs "
+            f"{_fmt(r.get('floor', {}).get('burst_s'), ' s')})", ratio <= FLOOR_RATIO_GOAL if n == 1000 else None,
+            "first create sent → last taint gone" + ("" if n == 1000 else "; informational (goal is for 1,000)"))
+    fp = results.get("footprint") or {}
+    idle_fp = fp.get("idle") or {}
+    if idle_fp.get("rss_mib") is not None:
+        add(f"idle RSS ≤ {IDLE_RSS_GOAL_MIB:g} MiB (production-shaped daemon)",
+            f"{idle_fp.get('nodes')} Nodes, {_fmt(idle_fp.get('idle_seconds'), ' s', 0)} after start",
+            f"{_fmt(idle_fp['rss_mib'], ' MiB', 1)} ({_fmt(idle_fp.get('vs_library_floor'), 'x')} the library floor "
+            f"of {_fmt(fp.get('library_floor_mib'), ' MiB', 1)})", idle_fp["rss_mib"] <= IDLE_RSS_GOAL_MIB,
+            "leader election on, impersonation with the password as fallback, other settings default")
+    start = fp.get("startup") or {}
+    if start.get("ratio") is not None:
+        add(f"`cloudsigma-ccm --help` within {STARTUP_RATIO_GOAL:g}x a bare interpreter importing the design's "
+            "libraries", f"median of {start.get('repeats')}",
+            f"{_fmt(start['ratio'], 'x')} ({_fmt(start.get('help_s'), ' s', 3)} vs "
+            f"{_fmt(start.get('libraries_s'), ' s', 3)})", start["ratio"] <= STARTUP_RATIO_GOAL)
+    servers = results.get("server_store") or {}
+    if servers.get("bytes_per_server") is not None:
+        add(f"server snapshot ≤ {SERVER_BYTES_GOAL // 1024} KiB per server",
+            f"{servers.get('servers'):,} servers (python -m bench.serverstore)",
+            _fmt(servers["bytes_per_server"], " B", 0), servers["bytes_per_server"] <= SERVER_BYTES_GOAL,
+            "Python allocations alive per server: records, indexes and extracted addresses")
     store = results.get("node_store") or []
     if len(store) >= 2:
         slope = _store_slope(store)
@@ -175,6 +216,14 @@ def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str
     for q in ("p50", "p95", "p99", "max"):
         metric(f"taint-removal delay {q}", secs, "burst", "delay_s", q)
     metric("all initialised, after the last create returned", secs, "burst", "all_initialized_after_last_created_s")
+    floor = o.get("floor")
+    if floor:
+        lines.append(_row("burst: first create sent → last taint gone", secs(get(o, "burst", "burst_s")),
+                          "—" if has_ref else None))
+        floor_p99 = (floor.get("delay_s") or {}).get("p99")
+        lines.append(_row("floor (fresh kube-apiserver, a bare client sending the same 2 writes per Node): burst / "
+                          "p99 delay", f"{secs(floor.get('burst_s'))} / {secs(floor_p99)}", "—" if has_ref else None))
+        lines.append(_row("burst / floor", _fmt(o.get("burst_vs_floor"), "x"), "—" if has_ref else None))
     metric("CloudSigma API requests in the burst", num, "burst", "cloudsigma", "api_total")
     metric("… of which server list requests", num, "burst", "cloudsigma", "list_requests")
     metric("token exchanges in the burst", num, "burst", "cloudsigma", "token_exchanges", ratio=False)
@@ -194,6 +243,8 @@ def _case_table(n: int, o: dict[str, Any], r: dict[str, Any] | None) -> list[str
     if idle:
         lines.append(_row(f"idle {_fmt(idle.get('window_s'), ' s', 0)} after the burst: daemon CPU (% of a core)",
                           _fmt(idle.get("daemon_cpu_core_percent"), " %", 3), "not run" if has_ref else None))
+        lines.append(_row("idle: daemon RSS at the end of the idle window", _fmt(idle.get("rss_mib"), " MiB", 1),
+                          "not run" if has_ref else None))
         lines.append(_row("idle: CloudSigma requests / Kubernetes writes",
                           f"{_fmt(idle.get('cloudsigma', {}).get('api_total'))} / "
                           f"{_fmt(sum((idle.get('kube_writes') or {}).values()))}", "not run" if has_ref else None))
@@ -261,6 +312,40 @@ def _memory_section(results: dict[str, Any], ours: dict[int, dict[str, Any]]) ->
     return lines
 
 
+def _footprint_section(results: dict[str, Any]) -> list[str]:
+    """Start-up and idle RSS of the production-shaped daemon against the library floor (bench.footprint)."""
+    fp = results.get("footprint") or {}
+    if not fp:
+        return []
+    start, idle = fp.get("startup") or {}, fp.get("idle") or {}
+    lines = ["## Footprint: start-up and idle memory", "",
+             "`python -m bench.footprint` (run first, on a quiet machine). The *library floor* is a bare interpreter "
+             "of the same venv importing only the design's libraries (" + ", ".join(
+                 f"`{m}`" for m in start.get("libraries", [])) + "): what any process of this design holds before "
+             "its own code runs. The idle daemon is the console script as production runs it: leader election on "
+             "(a Lease, through its own management client), impersonation through the token exchange with the "
+             "password as fallback, every other setting at its default, serving the Nodes it initialised.", "",
+             "| | measured | floor | ratio |", "| --- | ---: | ---: | ---: |"]
+    if start:
+        lines.append(f"| `cloudsigma-ccm --help` (median of {start.get('repeats')}, alternated with the floor) | "
+                     f"{_fmt(start.get('help_s'), ' s', 3)} | {_fmt(start.get('libraries_s'), ' s', 3)} | "
+                     f"{_fmt(start.get('ratio'), 'x')} |")
+    if idle:
+        lines.append(f"| idle daemon RSS, {idle.get('nodes')} Nodes, {_fmt(idle.get('idle_seconds'), ' s', 0)} "
+                     f"after start (anonymous {_fmt(idle.get('rss_anon_mib'), ' MiB', 1)}, file-backed "
+                     f"{_fmt(idle.get('rss_file_mib'), ' MiB', 1)}; {idle.get('threads')} thread(s), "
+                     f"{idle.get('tcp_connections')} TCP connections) | {_fmt(idle.get('rss_mib'), ' MiB', 1)} | "
+                     f"{_fmt(fp.get('library_floor_mib'), ' MiB', 1)} | {_fmt(idle.get('vs_library_floor'), 'x')} |")
+    servers = results.get("server_store") or {}
+    if servers:
+        lines += ["", f"Server snapshot (`python -m bench.serverstore --servers {servers.get('servers')}`): "
+                  f"{_fmt(servers.get('bytes_per_server'), ' B', 0)} of Python allocations alive per server "
+                  f"({_fmt(servers.get('json_bytes_per_server'), ' B', 0)} of JSON each), largest parts: "
+                  + ", ".join(f"`{t['file']}` {_fmt(t['bytes_per_server'], ' B', 0)}"
+                              for t in servers.get("top", [])[:4]) + "."]
+    return [*lines, ""]
+
+
 def _kv(d: dict[str, Any]) -> str:
     if not d:
         return "none"
@@ -312,6 +397,8 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
         ".venv/bin/python -m bench --report-only bench/results/latest.json        # re-render this page",
         ".venv/bin/python -m bench.nodestore --nodes 1000,5000                    # memory per held Node only",
         ".venv/bin/python -m bench.daemonheap --nodes 2000                        # what the daemon holds per Node",
+        ".venv/bin/python -m bench.footprint                                      # start-up and idle RSS only",
+        ".venv/bin/python -m bench.serverstore --servers 2000                     # server snapshot per server",
         "```",
         "",
         "Options: `--reference-max-nodes` (default 1000), `--register-concurrency` (50), `--resync` (5 s), "
@@ -319,7 +406,8 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
         "(py-spy on the daemon at the largest N; `.venv/bin/pip install py-spy`), "
         "`--daemon-flag=--concurrent-node-syncs=32` "
         "(extra flags for ours, for experiments), `--keep-logs`, `--no-node-store` (skip `bench.nodestore`, which "
-        "otherwise runs for each N after the cases). The kube-apiserver binary is built on first use "
+        "otherwise runs for each N after the cases), `--no-footprint` (skip `bench.footprint` and "
+        "`bench.serverstore`, which otherwise run first). The kube-apiserver binary is built on first use "
         "by `scripts/build-kube-apiserver.sh` (needs Go) and cached.",
         "",
         "## This run",
@@ -369,6 +457,7 @@ def render_report(results: dict[str, Any], *, plot_path: Path, report_path: Path
     for n in sorted(set(ref) - set(ours)):
         lines += _case_table(n, ref[n], None)
 
+    lines += _footprint_section(results)
     lines += _memory_section(results, ours)
     lines += ["## Taint-removal delay distribution", "",
               f"![taint-removal delay per N, ours vs reference]({_rel(plot_path, docs_dir)})", ""]

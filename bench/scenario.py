@@ -11,6 +11,9 @@ Phases, all against a fresh kube-apiserver and a fresh emulator seeded with N se
    ``--server-cache-max-age``): it re-lists the N initialised Nodes and must re-sync them without writing.
 4. **steady** — ``steady_periods`` of those shortened resync periods with nothing changing: CloudSigma
    calls, Kubernetes writes, reconciles and CPU per period.
+5. **floor** (ours only) — a fresh kube-apiserver, the same N creates from a bare client that sends each Node
+   the two writes the CCM sent right after its create returns: the burst time the machine allows without any
+   CCM logic (:func:`run_floor`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import psutil
 
 from bench import promtext
 from bench.cloud import CloudCounters, daemon_env, node_names, start_emulator
+from bench.fleetfloor import Initialised, floor_tenant, read_templates
 from bench.kube import TaintWatcher, admin_client, cloud_label_summary, register_burst
 from bench.procs import MIB, Daemon, DaemonConfig, cpu_seconds
 from bench.profiling import PySpy, format_summary, summarise
@@ -42,6 +46,8 @@ TOKEN_ACQ = "cloudsigma_ccm_token_acquisitions_total"
 SNAPSHOT_REFRESHES = "cloudsigma_ccm_server_snapshot_refreshes_total"
 SETTLE_QUIET = 2.0
 NODE_RESOURCES = ("nodes", "nodes/status")
+#: Initialised Nodes whose writes the floor copies (cycled over its N Nodes).
+FLOOR_TEMPLATES = 20
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,9 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
             b["cloud_labels"] = await cloud_label_summary(labels_client)
         finally:
             await labels_client.close()
+        if all_done and reg.created_at:
+            b["burst_s"] = round(last_removed - reg.started, 3)
+        templates = await read_templates(server, names[:FLOOR_TEMPLATES]) if mode == "snapshot" and all_done else []
         result["delays_s"] = sorted(round(d, 4) for d in delays)
         log(f"[{label}] burst: {initialized}/{n} initialised, p50 {b['delay_s'].get('p50')}s "
             f"p99 {b['delay_s'].get('p99')}s, all {b['all_initialized_after_last_created_s']}s after the last "
@@ -316,6 +325,14 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
         log(f"[{label}] steady: {s['cloudsigma_api_requests_per_period']} CloudSigma requests/period, "
             f"{s['kube_writes_per_period']} writes/period, {s['reconciles_per_period']} reconciles/period, "
             f"{s['daemon_cpu_core_percent']}% of a core; peak RSS {s['daemon']['peak_rss_mib']} MiB")
+
+        # -- 5. the floor (ours only) ---------------------------------------------------------------------------
+        if templates:
+            floor = result["floor"] = await run_floor(n, templates, opts, log, label)
+            if b.get("burst_s") and floor.get("burst_s"):
+                result["burst_vs_floor"] = round(b["burst_s"] / floor["burst_s"], 2)
+                log(f"[{label}] burst {b['burst_s']} s vs. the floor's {floor['burst_s']} s: "
+                    f"{result['burst_vs_floor']}x")
     finally:
         if profiler is not None:
             profiler.stop()
@@ -327,6 +344,32 @@ async def run_case(n: int, mode: str, opts: Options, log: Log) -> dict[str, Any]
             await emulator.stop()
         await server.astop()
     return result
+
+
+async def run_floor(n: int, templates: list[Initialised], opts: Options, log: Log, label: str) -> dict[str, Any]:
+    """The burst's floor: a fresh kube-apiserver, the same N creates (same concurrency) from a bare client that
+    sends each Node the two writes the CCM sent (``bench/fleetfloor.py``) right after its create returns — no
+    watch, no CloudSigma lookup, no decision. Same timing as the burst: first create sent → last taint gone."""
+    server = KubeAPIServer(f"bench-{label}-floor")
+    watcher: TaintWatcher | None = None
+    try:
+        await server.astart()
+        watcher = await asyncio.to_thread(TaintWatcher(server.admin_kubeconfig).start)
+        names = [f"floor-{i}" for i in range(n)]
+        log(f"[{label}] floor: {n} creates ({opts.register_concurrency} concurrent), each followed by the CCM's "
+            "two writes from a bare client")
+        reg = await floor_tenant(server, names, templates, concurrency=opts.register_concurrency)
+        done = await asyncio.to_thread(watcher.wait_all, set(names), burst_timeout(n, "snapshot", opts.latency_ms))
+        delays = [watcher.removed_at[x] - reg.created_at[x] for x in names
+                  if x in watcher.removed_at and x in reg.created_at]
+        last = max(watcher.removed_at.values()) if watcher.removed_at else float("nan")
+        return {"nodes": n, "initialized": len(delays), "all_initialized": done, "delay_s": summary(delays),
+                "burst_s": round(last - reg.started, 3) if done else None,
+                "registration_seconds": round(reg.seconds, 3), "node_writes_per_node": 2}
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        await server.astop()
 
 
 async def _wait_reconciles(daemon: Daemon, n: int, timeout: float) -> float | None:

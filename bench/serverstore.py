@@ -15,6 +15,7 @@ import gc
 import json
 import sys
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 from bench.cloud import USER_EMAIL, seed
@@ -27,6 +28,17 @@ def listing_json(n: int) -> bytes:
     state = EmulatorState()
     state.load_seed(seed(n, token_lifetime=300))
     return json.dumps({"meta": {"total_count": n}, "objects": state.servers_of(USER_EMAIL)}).encode()
+
+
+def _short(filename: str) -> str:
+    """``.../site-packages/pydantic/main.py`` → ``pydantic/main.py``; the repository's and the standard
+    library's files likewise relative."""
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    if filename.startswith(root):
+        return filename[len(root):]
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
+    return "/".join(Path(filename).parts[-2:])
 
 
 def measure(n: int, top: int = 8) -> dict[str, Any]:
@@ -51,8 +63,8 @@ def measure(n: int, top: int = 8) -> dict[str, Any]:
     tracemalloc.stop()
     stats = after.compare_to(before, "filename")
     held = sum(s.size_diff for s in stats)
-    top_files = [{"file": s.traceback[0].filename.split("site-packages/")[-1].split("wt-lean/")[-1],
-                  "bytes_per_server": round(s.size_diff / n)} for s in stats[:top]]
+    top_files = [{"file": _short(s.traceback[0].filename), "bytes_per_server": round(s.size_diff / n)}
+                 for s in stats[:top]]
     return {"servers": n, "invalid": len(invalid), "bytes_per_server": round(held / n),
             "json_bytes_per_server": round(len(body) / n), "top": top_files, "snapshot": snapshot}
 
