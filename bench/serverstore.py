@@ -33,11 +33,11 @@ def listing_json(n: int) -> bytes:
 def _short(filename: str) -> str:
     """``.../site-packages/pydantic/main.py`` → ``pydantic/main.py``; the repository's and the standard
     library's files likewise relative."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
     root = str(Path(__file__).resolve().parents[1]) + "/"
     if filename.startswith(root):
         return filename[len(root):]
-    if "site-packages/" in filename:
-        return filename.split("site-packages/", 1)[1]
     return "/".join(Path(filename).parts[-2:])
 
 

@@ -131,9 +131,12 @@ _PARSE_INLINE_MAX = 200
 
 
 def _parse_servers(objects: list[Any]) -> tuple[list[Server], list[str]]:
+    """Parse a listing's objects. Each decoded object is released from ``objects`` as its record is made, so a
+    listing of thousands of servers never holds all of its decoded JSON and all of its records at once."""
     servers: list[Server] = []
     invalid: list[str] = []
-    for index, raw in enumerate(objects):
+    for index in range(len(objects)):
+        raw, objects[index] = objects[index], None
         try:
             servers.append(parse_server(raw))
         except InvalidObject as exc:

@@ -67,3 +67,21 @@ def test_strings_that_repeat_across_servers_are_shared() -> None:
     assert nic_a.ip_v4_conf.conf is nic_b.ip_v4_conf.conf
     assert nic_a.runtime is not None and nic_b.runtime is not None
     assert nic_a.runtime.interface_type is nic_b.runtime.interface_type
+
+
+def test_a_listing_releases_each_decoded_object_as_its_record_is_made() -> None:
+    """At thousands of servers the decoded JSON and the records must not be alive together in full."""
+    from cloudsigma.client import _parse_servers
+
+    seen: list[int] = []
+
+    class Watched(list[Any]):
+        def __getitem__(self, index: Any) -> Any:
+            seen.append(sum(1 for item in list.__iter__(self) if item is not None))
+            return super().__getitem__(index)
+
+    objects = Watched([api_server(i) for i in range(5)] + ["not an object"])
+    servers, invalid = _parse_servers(objects)
+    assert len(servers) == 5 and len(invalid) == 1
+    assert seen == [6, 5, 4, 3, 2, 1]  # decoded objects still held when each one is taken
+    assert list(objects) == [None] * 6
