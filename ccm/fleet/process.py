@@ -24,7 +24,7 @@ from ccm.kube.transport import KubeTransport
 from ccm.leader import default_identity
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
-from ccm.process.allocator import return_large_buffers
+from ccm.process.allocator import return_large_buffers, small_tls_read_buffers
 from ccm.process.lifetime import kube_client, lease_namespace, serve_health, stop_on_signals
 from ccm.shutdown import EXIT_MARGIN, LEASE_RELEASE_TIMEOUT, ShutdownBudget
 from ccm.supervisor import Supervisor
@@ -40,6 +40,7 @@ async def run_fleet(settings: Settings, redactor: Redactor) -> int:
     identity = settings.leader_elect_identity or default_identity()
     # Tenants' TLS connections come and go in bursts; their buffers go back to the OS, not to a growing heap.
     large_buffers_returned = return_large_buffers()
+    small_tls_read_buffers()
     management = await kube_client(settings.leader_elect_kubeconfig, setting="leader_elect_kubeconfig",
                                    what="management kubeconfig")
     try:

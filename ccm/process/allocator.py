@@ -6,16 +6,25 @@ whose freed space it keeps. Every TLS connection asyncio opens carries a 256 KiB
 whose tenants open connections in a burst and let them idle out kept every burst's buffers for good (≈ 1.2 MiB per
 tenant, bench/fleet_analysis.md). Pinning the threshold keeps such buffers mapped, and unmapped when freed. This is
 ``MALLOC_MMAP_THRESHOLD_=131072``, set from inside so every way of starting the process behaves alike.
+
+The read buffer itself need not be 256 KiB (``asyncio.sslproto.SSLProtocol.max_size``, how much one socket read
+may take): a TLS record carries at most 16 KiB, and the answers the CCM reads are Node lists and watch events of a
+few KiB each. :func:`small_tls_read_buffers` makes it 64 KiB: an open connection (a watch, the Lease's) holds
+192 KiB less for as long as it lives, a burst's new connections zero-fill a quarter as much, and a large listing
+takes a few more (cheap) socket reads.
 """
 
 from __future__ import annotations
 
 import ctypes
+from asyncio import sslproto
 
-__all__ = ["return_large_buffers"]
+__all__ = ["TLS_READ_BUFFER", "return_large_buffers", "small_tls_read_buffers"]
 
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 LARGE = 128 * 1024
+#: Bytes one socket read of a TLS connection may take (asyncio's default: 256 KiB).
+TLS_READ_BUFFER = 64 * 1024
 
 
 def return_large_buffers(threshold: int = LARGE) -> bool:
@@ -28,3 +37,9 @@ def return_large_buffers(threshold: int = LARGE) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def small_tls_read_buffers(size: int = TLS_READ_BUFFER) -> None:
+    """Give every TLS connection asyncio opens from now on a read buffer of ``size`` bytes (see the module
+    docstring); a process setting, like the allocator's threshold."""
+    sslproto.SSLProtocol.max_size = size

@@ -46,3 +46,19 @@ def test_freed_large_buffers_are_returned_only_with_the_threshold_pinned() -> No
     # Without it the heap keeps the burst (~50 MiB of 200 x 256 KiB); with it almost nothing stays.
     assert default > 25, default
     assert tuned < 5, tuned
+
+
+TLS_PROBE = """
+import asyncio, ssl
+from asyncio import sslproto
+from ccm.process.allocator import small_tls_read_buffers
+small_tls_read_buffers()
+loop = asyncio.new_event_loop()
+protocol = sslproto.SSLProtocol(loop, asyncio.Protocol(), ssl.create_default_context(), None)
+print(len(protocol._ssl_buffer), len(protocol.get_buffer(-1)))
+"""
+
+
+def test_tls_connections_get_a_64_kib_read_buffer() -> None:
+    out = subprocess.run([sys.executable, "-c", TLS_PROBE], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["65536", "65536"]

@@ -136,6 +136,7 @@ def test_the_daemon_pins_the_allocator_threshold_before_it_runs(clean_env: Path,
 
     calls: list[str] = []
     monkeypatch.setattr(ccm.process.allocator, "return_large_buffers", lambda: calls.append("pinned") or True)
+    monkeypatch.setattr(ccm.process.allocator, "small_tls_read_buffers", lambda: calls.append("small TLS buffers"))
 
     async def fake_run(settings: Settings, redactor: Any) -> int:
         calls.append("run")
@@ -144,4 +145,4 @@ def test_the_daemon_pins_the_allocator_threshold_before_it_runs(clean_env: Path,
     monkeypatch.setattr(ccm.single.process, "run", fake_run)
     monkeypatch.setenv("CLOUDSIGMA_PASSWORD", PASSWORD)
     assert main(_args(clean_env)) == 0
-    assert calls == ["pinned", "run"]
+    assert calls == ["pinned", "small TLS buffers", "run"]
