@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import environment, footprint, nodestore
+from bench import environment, footprint, nodestore, runtimeimage
 from bench.report import evaluate_targets, render_report
 from bench.scenario import Options, run_case
 
@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "schema": SCHEMA_VERSION,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:]),
-        "environment": environment.describe(),
+        "environment": {**environment.describe(), "hidden_dev_packages": runtimeimage.apply_to_environ()},
         "options": {
             "nodes": nodes, "latency_ms": args.latency_ms, "quick": quick,
             "reference_max_nodes": args.reference_max_nodes, "register_concurrency": args.register_concurrency,

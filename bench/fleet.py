@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from bench import environment, nodestore
+from bench import environment, nodestore, runtimeimage
 from bench.cli import comma_counts
 from bench.cloud import CloudCounters
 from bench.fleetfloor import floor_tenant, read_templates
@@ -324,7 +324,7 @@ async def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "schema": SCHEMA_VERSION,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench.fleet " + shlex.join(sys.argv[1:]),
-        "environment": environment.describe(),
+        "environment": {**environment.describe(), "hidden_dev_packages": runtimeimage.apply_to_environ()},
         "options": {"tenants": n, "nodes_per_tenant": m, "steps": steps, "quick": quick, "idle_seconds": idle_s,
                     "latency_ms": args.latency_ms, "token_lifetime_s": args.token_lifetime,
                     "owners": "one owner per tenant (one token exchange per tenant)",

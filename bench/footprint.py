@@ -10,7 +10,9 @@ same run (the machine is shared and noisy: ratios, not absolute figures, are wha
   every other setting at its default, serving ``nodes`` Nodes it initialised: RSS (``VmRSS``) and peak
   (``VmHWM``) ``idle_seconds`` after it was started.
 
-``python -m bench.footprint`` prints the figures as JSON; ``python -m bench`` runs it first and reports it.
+The daemon, ``--help`` and the floor all run with the production image's packages (:mod:`bench.runtimeimage`:
+optional packages that only the development venv has are hidden). ``python -m bench.footprint`` prints the
+figures as JSON; ``python -m bench`` runs it first and reports it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from bench import runtimeimage
 from bench.cloud import USER_EMAIL, daemon_env, node_names, start_emulator
 from bench.kube import TaintWatcher, admin_client, register_burst
 from bench.procs import Daemon, DaemonConfig, daemon_binary
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the daemon (experiments)")
     args = p.parse_args(argv)
+    hidden = runtimeimage.apply_to_environ()
     extra_env = dict(item.split("=", 1) for item in args.daemon_env)
     import tempfile
 
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(measure(nodes=args.nodes, idle_seconds=args.idle_seconds, work_dir=Path(work),
                                      repeats=args.repeats, log=lambda m: print(m, file=sys.stderr),
                                      extra_env=extra_env, skip_startup=args.no_startup))
-    print(json.dumps(result, indent=1))
+    print(json.dumps({**result, "hidden_dev_packages": hidden}, indent=1))
     return 0
 
 
