@@ -178,7 +178,7 @@ def test_probes_and_port(rendered: dict[str, list[Obj]]) -> None:
 
 def test_resources(rendered: dict[str, list[Obj]]) -> None:
     resources = container(rendered["overlay"])["resources"]
-    assert resources == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    assert resources == {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}}
 
 
 def test_availability(rendered: dict[str, list[Obj]]) -> None:
