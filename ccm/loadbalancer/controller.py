@@ -216,7 +216,7 @@ class LoadBalancerController:
             listing = await self.listings.newer_than(time.monotonic() - self.settle)
             reserved = [ip for ip, owner in self._reserved.items() if owner != key]
             decision = decide(view, listing.ips, cluster=self.cluster, eligible_nodes=len(self.eligible),
-                              reserved=reserved)
+                              reserved=reserved, verified=self.held.get(key))
             decision = await self._apply(view, decision, listing)
         except (CloudSigmaError, CredentialError) as exc:
             decision = Decision(Verdict.PENDING, reason=CLOUD_UNAVAILABLE,
