@@ -241,8 +241,23 @@ class LoadBalancerController:
     def _ip(self, listing: Listing, address: str) -> CloudIp | None:
         return next((ip for ip in listing.ips if ip.address == address), None)
 
+    async def _unannounce(self, view: ServiceView) -> None:
+        """A Service we held decided PENDING from a fresh listing (its claim was lost): stop announcing its IP —
+        out of the pool, our annotations and its status cleared (a cloud outage never gets here)."""
+        if self.held.pop(view.key, None) is None:
+            return
+        log.warning("load_balancer_ip_withdrawn", service=view.key, evidence="ips_listing")
+        await self._sync_pool()
+        for write in (self.applier.set_annotations, self.applier.set_status):
+            written = await write(view, None)
+            if written is not None:
+                view = service_view(self._observe(written))
+
     async def _apply(self, view: ServiceView, decision: Decision, listing: Listing) -> Decision:
-        if decision.verdict is Verdict.SKIP or decision.verdict is Verdict.PENDING:
+        if decision.verdict is Verdict.PENDING:
+            await self._unannounce(view)
+            return decision
+        if decision.verdict is Verdict.SKIP:
             return decision
         if decision.verdict is Verdict.RELEASE:
             for address in decision.release:
@@ -263,6 +278,7 @@ class LoadBalancerController:
         if decision.verdict is Verdict.CLAIM:
             verified = await self._claim(view, decision, listing)
             if verified is not None:
+                await self._unannounce(view)
                 return verified
         for address in decision.release:
             ip = self._ip(listing, address)

@@ -103,6 +103,19 @@ def test_a_claim_of_ours_not_yet_verified_is_checked_again_not_kept() -> None:
     assert (held_elsewhere.verdict, held_elsewhere.ip) == (Verdict.CLAIM, "185.1.1.3")
 
 
+def test_our_own_announcer_annotation_is_not_a_request() -> None:
+    """The CCM writes the announcer's annotation next to the status: once its claim is lost, that annotation is its
+    own output, not the user asking for an IP (no REQUESTED_IN_USE blaming the user)."""
+    ours = {"metallb.io/loadBalancerIPs": "185.1.1.3", "metallb.io/address-pool": "cloudsigma-ccm"}
+    lost = parse_ips([ip("185.1.1.3", meta=claim("c2", "x/y", "z"))])
+    d = decide(svc(annotations=ours, ingress=["185.1.1.3"]), lost, cluster="c1", eligible_nodes=1)
+    assert (d.verdict, d.reason) == (Verdict.PENDING, POOL_EXHAUSTED)
+    assert svc(annotations={"kube-vip.io/loadbalancerIPs": "185.1.1.3"}, ingress=["185.1.1.3"]).requested_ip is None
+    # A user's own announcer annotation (it differs from the status) still asks for that IP.
+    assert svc(annotations={"metallb.io/loadBalancerIPs": "185.1.1.4"}, ingress=["185.1.1.3"]).requested_ip \
+        == "185.1.1.4"
+
+
 @pytest.mark.parametrize(("requested", "reason"), [
     ("185.9.9.9", REQUESTED_NOT_OWNED),  # not in the account
     ("185.1.1.4", REQUESTED_NOT_OWNED),  # a DHCP lease: no subscription
