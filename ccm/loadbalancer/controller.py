@@ -67,7 +67,8 @@ class LoadBalancerController:
     def __init__(self, *, kube: KubeTransport, client: CloudSigmaClient, nodes: NodeWatcher, cache: ServerCache,
                  events: EventRecorder, metrics: Metrics, cluster: str, announcer: str, nic_mode: str = "require",
                  metallb_namespace: str = "metallb-system", settle: float = 2.0, workers: int = 4,
-                 watch_timeout: float = 300.0, resync: float = 300.0, eligibility_period: float = 30.0) -> None:
+                 watch_timeout: float = 300.0, resync: float = 300.0, eligibility_period: float = 30.0,
+                 primary_provider: str | None = None) -> None:
         self._kube = kube
         self._client = client
         self._nodes = nodes
@@ -84,7 +85,7 @@ class LoadBalancerController:
         self.watcher = Informer(kube, SERVICES, transform=_slim, watch_timeout=watch_timeout, name="services",
                                 events=LogEvents.of("service"))
         self.queue = WorkQueue(base_delay=0.5, max_delay=60.0)
-        self.listings = IpListings(client)
+        self.listings = IpListings(client, primary=primary_provider)
         self.applier = LoadBalancerApplier(kube, client, announcer=announcer, metallb_namespace=metallb_namespace)
         #: IP → Service key of claims being decided in this process (not offered to another Service meanwhile).
         self._reserved: dict[str, str] = {}
@@ -492,4 +493,4 @@ def from_settings(settings: Any, *, kube: KubeTransport, client: CloudSigmaClien
         kube=kube, client=client, nodes=nodes, cache=cache, events=events, metrics=metrics, cluster=cluster,
         announcer=settings.load_balancer, nic_mode=settings.load_balancer_nic,
         metallb_namespace=settings.load_balancer_metallb_namespace, settle=settings.load_balancer_claim_settle,
-        watch_timeout=settings.watch_timeout)
+        watch_timeout=settings.watch_timeout, primary_provider=settings.credential_chain[0])

@@ -26,7 +26,7 @@ from ccm.loadbalancer.service import FINALIZER
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic, public_manual_nic
-from tests.integration.harness import ALICE, CLIENT_ID, CLIENT_SECRET, running_ccm
+from tests.integration.harness import ALICE, CLIENT_ID, CLIENT_SECRET, impersonation_overrides, running_ccm
 from tests.integration.test_fleet_runtime import _open_fence, fleet_settings, spec
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
@@ -466,3 +466,25 @@ async def test_a_claim_overwritten_elsewhere_is_withdrawn_from_the_pool_and_stat
 
 async def _pooled(api: ApiClient, wanted: list[str] | None) -> bool:
     return await pool_addresses(api) == wanted
+
+
+async def test_a_listing_by_the_fallback_credential_claims_and_releases_nothing(
+        world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, cluster: ApiClient) -> None:
+    """Impersonation is preferred but refused (wrong client secret): the chain falls back to the password user,
+    which may be another account. Its IP listings are not used: no claim written, no orphan claim released, no IP
+    announced (the start-up recovery keeps waiting for a listing by the primary credential)."""
+    subscribe(world, 2)
+    world.add_ip(ALICE, "185.77.1.1", meta={CLAIM_CLUSTER: "c1", CLAIM_SERVICE: f"{NS}/gone"})  # an orphan of c1
+    await add_nodes(world, cluster, ["lb-f1"])
+    overrides = LB | impersonation_overrides(emulator, client_secret="wrong-secret-value")
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, cluster_name="c1", **overrides) as ccm:
+        lb = ccm.parts.load_balancer
+        assert lb is not None
+        await create_service(cluster, "web")
+        await wait_for(lambda: len(world.requests_to("GET /ips/detail/")) >= 2, 20,
+                       message="the IPs listed (through the fallback) twice")
+        await wait_for(lambda: bool(lb.eligible), 10, message="a Node that could carry the IP")
+        await asyncio.sleep(1.0)
+        assert not world.requests_to("PUT /ips/{ip}/")
+        assert claims(world) == {"185.77.1.1": ("c1", f"{NS}/gone")}
+        assert ingress(await service(cluster, "web")) is None and lb.held == {}
