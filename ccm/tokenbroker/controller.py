@@ -118,9 +118,7 @@ class TokenBroker:
         try:
             credential = await self._chain.get_from(self._provider, owner, region, settle=True)
         except CredentialError as exc:
-            return Failure(exc.reason, exc.message)
-        except KeyError:
-            return Failure("not_configured", f"the credential chain has no provider {self._provider!r}")
+            return Failure(exc.reason, exc.message)  # ProviderNotInChain: not_configured
         now = self._clock()
         token = usable_token(credential, owner=owner, provider=self._provider, region=region, now=now)
         error = self._chain.refresh_error(self._provider, owner, region)
