@@ -171,7 +171,7 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
                                      metrics=metrics, cluster=identity.cluster)
     broker = build_token_broker(settings, kube=kube, chain=services.chain, redactor=services.redactor, owner=user,
                                 region=identity.region, cluster_name=identity.name or identity.cluster,
-                                metrics=metrics)
+                                metrics=metrics, events=events)
     return Components(settings, metrics, services.chain, client, cache, tenant, kube, watcher, events, controller,
                       lifecycle, account=account, csr=csr, load_balancer=lb, broker=broker)
 

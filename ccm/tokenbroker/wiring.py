@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 from ccm.config import Settings
 from ccm.kube.events import EventRecorder
@@ -34,20 +33,14 @@ def token_broker_permissions(settings: Settings) -> tuple[Permission, ...]:
 
 
 def build_token_broker(settings: Settings, *, kube: KubeTransport, chain: CredentialChain, redactor: Redactor,
-                       owner: str, region: str, cluster_name: str, metrics: Metrics) -> TokenBroker | None:
+                       owner: str, region: str, cluster_name: str, metrics: Metrics,
+                       events: EventRecorder) -> TokenBroker | None:
     """The broker for one tenant cluster acting as ``owner`` in ``region``, or None when ``--token-broker`` is off.
-    Its tokens come from the shared chain (a fleet's tenants of one owner share the cached token)."""
+    Its tokens come from the shared chain (a fleet's tenants of one owner share the cached token); its Events go
+    through the tenant's ``events`` recorder (to each Secret's namespace), flushed with the tenant's at shutdown."""
     targets = token_broker_targets(settings)
     if not targets or not owner:
         return None
-    recorders: dict[str, EventRecorder] = {}
-    host = socket.gethostname()
-
-    def events(namespace: str) -> EventRecorder:
-        if namespace not in recorders:
-            recorders[namespace] = EventRecorder(kube, namespace=namespace, host=host)
-        return recorders[namespace]
-
     def teach(credential: Credential) -> None:
         until = credential.expires_at if credential.expires_at is not None else math.inf
         redactor.add(credential.secret.get_secret_value(), until=until)
