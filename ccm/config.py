@@ -494,6 +494,11 @@ class Settings(BaseSettings):
         if not self.user_email and not from_cluster:
             # Password-only deployments act as the basic-auth user.
             self.user_email = self.username
+        if self.load_balancer != "off" and not fleet and not self.cluster_name:
+            # IP claims are keyed by the cluster name (fleet mode: the tenant's namespace/name); an empty one never
+            # reads back as a claim, so every Service would lose its IP claim forever.
+            raise _cross("cluster_name", "is required with --load-balancer: set it to a name unique among the "
+                         "owner's clusters (IP claims are keyed by it)")
         if self.kubeconfig is not None and not (self.kubeconfig.is_file() and os.access(self.kubeconfig, os.R_OK)):
             raise _cross("kubeconfig", f"{self.kubeconfig} is not a readable file: mount the tenant kubeconfig there")
         if self.leader_elect_renew_deadline >= self.leader_elect_lease_duration:

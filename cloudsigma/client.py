@@ -125,6 +125,8 @@ class IpList:
     request_ids: tuple[str, ...]
     #: ``time.monotonic()`` after the last page arrived: a claim written before it is visible in it.
     fetched_at: float
+    #: The credential provider that listed (a fallback credential may be another account).
+    provider: str | None = None
 
 
 _PARSE_INLINE_MAX = 200
@@ -276,9 +278,10 @@ class CloudSigmaClient:
     async def list_ips(self) -> IpList:
         """GET ``/ips/detail/``, every page: the owner's subscribed IPs and the dynamic ones in use, with
         ``subscription``, ``server``, ``meta`` and ``tags``. Objects that are not JSON objects are dropped."""
-        objects, total, request_ids, _ = await self._list_all("ips/detail/", {})
+        objects, total, request_ids, ctx = await self._list_all("ips/detail/", {})
         return IpList(objects=tuple(o for o in objects if isinstance(o, dict)), total_count=total,
-                      request_ids=tuple(request_ids), fetched_at=time.monotonic())
+                      request_ids=tuple(request_ids), fetched_at=time.monotonic(),
+                      provider=ctx.provider if ctx else None)
 
     async def update_ip_meta(self, address: str, meta: Mapping[str, str]) -> dict[str, Any]:
         """PUT ``/ips/{address}/`` with a new ``meta`` (the whole map: an update replaces it). Answers the IP."""

@@ -14,6 +14,7 @@ from credentials.base import (
     CredentialUnavailable,
     Identity,
     NoCredential,
+    ProviderNotInChain,
 )
 from credentials.cache import CacheKey, TokenCache
 from credentials.chain import CredentialChain
@@ -31,6 +32,7 @@ __all__ = [
     "CredentialUnavailable",
     "Identity",
     "NoCredential",
+    "ProviderNotInChain",
     "TokenCache",
     "UnknownCredentialProvider",
     "build_chain",

@@ -166,6 +166,10 @@ class CredentialNotConfigured(CredentialError):
     reason = "not_configured"
 
 
+class ProviderNotInChain(CredentialNotConfigured):
+    """A provider was asked for by name (:meth:`CredentialChain.get_from`) that the chain does not have."""
+
+
 class CredentialRejected(CredentialError):
     """The identity provider refused: wrong client secret, exchange not permitted, unknown user.
 

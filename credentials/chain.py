@@ -46,6 +46,7 @@ from credentials.base import (
     Describable,
     ImpersonationSubjectMismatch,
     NoCredential,
+    ProviderNotInChain,
     SecretHolder,
     SecretSink,
 )
@@ -185,10 +186,11 @@ class CredentialChain:
         """A credential of provider ``name`` alone — never another provider's — through the same cache as
         :meth:`get` (a fresh cached token costs no request). With ``settle``, a refresh that is in flight (or that
         this call starts) is awaited, so the newest token is returned. Raises the provider's
-        :class:`CredentialError`, or ``KeyError`` when ``name`` is not in the chain."""
+        :class:`CredentialError`, or :class:`ProviderNotInChain` when ``name`` is not in the chain."""
         provider = next((p for p in self._providers if p.name == name), None)
         if provider is None:
-            raise KeyError(name)
+            raise ProviderNotInChain(f"the credential chain has no provider {name!r}: add it to the chain",
+                                     provider=name, user=user_email or None)
         email = normalize_email(user_email)
         credential = await self._from(provider, email, region)
         if settle and getattr(provider, "cacheable", True) is not False:

@@ -67,7 +67,8 @@ class LoadBalancerController:
     def __init__(self, *, kube: KubeTransport, client: CloudSigmaClient, nodes: NodeWatcher, cache: ServerCache,
                  events: EventRecorder, metrics: Metrics, cluster: str, announcer: str, nic_mode: str = "require",
                  metallb_namespace: str = "metallb-system", settle: float = 2.0, workers: int = 4,
-                 watch_timeout: float = 300.0, resync: float = 300.0, eligibility_period: float = 30.0) -> None:
+                 watch_timeout: float = 300.0, resync: float = 300.0, eligibility_period: float = 30.0,
+                 primary_provider: str | None = None) -> None:
         self._kube = kube
         self._client = client
         self._nodes = nodes
@@ -84,7 +85,7 @@ class LoadBalancerController:
         self.watcher = Informer(kube, SERVICES, transform=_slim, watch_timeout=watch_timeout, name="services",
                                 events=LogEvents.of("service"))
         self.queue = WorkQueue(base_delay=0.5, max_delay=60.0)
-        self.listings = IpListings(client)
+        self.listings = IpListings(client, primary=primary_provider)
         self.applier = LoadBalancerApplier(kube, client, announcer=announcer, metallb_namespace=metallb_namespace)
         #: IP → Service key of claims being decided in this process (not offered to another Service meanwhile).
         self._reserved: dict[str, str] = {}
@@ -216,7 +217,7 @@ class LoadBalancerController:
             listing = await self.listings.newer_than(time.monotonic() - self.settle)
             reserved = [ip for ip, owner in self._reserved.items() if owner != key]
             decision = decide(view, listing.ips, cluster=self.cluster, eligible_nodes=len(self.eligible),
-                              reserved=reserved)
+                              reserved=reserved, verified=self.held.get(key))
             decision = await self._apply(view, decision, listing)
         except (CloudSigmaError, CredentialError) as exc:
             decision = Decision(Verdict.PENDING, reason=CLOUD_UNAVAILABLE,
@@ -241,8 +242,23 @@ class LoadBalancerController:
     def _ip(self, listing: Listing, address: str) -> CloudIp | None:
         return next((ip for ip in listing.ips if ip.address == address), None)
 
+    async def _unannounce(self, view: ServiceView) -> None:
+        """A Service we held decided PENDING from a fresh listing (its claim was lost): stop announcing its IP —
+        out of the pool, our annotations and its status cleared (a cloud outage never gets here)."""
+        if self.held.pop(view.key, None) is None:
+            return
+        log.warning("load_balancer_ip_withdrawn", service=view.key, evidence="ips_listing")
+        await self._sync_pool()
+        for write in (self.applier.set_annotations, self.applier.set_status):
+            written = await write(view, None)
+            if written is not None:
+                view = service_view(self._observe(written))
+
     async def _apply(self, view: ServiceView, decision: Decision, listing: Listing) -> Decision:
-        if decision.verdict is Verdict.SKIP or decision.verdict is Verdict.PENDING:
+        if decision.verdict is Verdict.PENDING:
+            await self._unannounce(view)
+            return decision
+        if decision.verdict is Verdict.SKIP:
             return decision
         if decision.verdict is Verdict.RELEASE:
             for address in decision.release:
@@ -263,6 +279,7 @@ class LoadBalancerController:
         if decision.verdict is Verdict.CLAIM:
             verified = await self._claim(view, decision, listing)
             if verified is not None:
+                await self._unannounce(view)
                 return verified
         for address in decision.release:
             ip = self._ip(listing, address)
@@ -476,4 +493,4 @@ def from_settings(settings: Any, *, kube: KubeTransport, client: CloudSigmaClien
         kube=kube, client=client, nodes=nodes, cache=cache, events=events, metrics=metrics, cluster=cluster,
         announcer=settings.load_balancer, nic_mode=settings.load_balancer_nic,
         metallb_namespace=settings.load_balancer_metallb_namespace, settle=settings.load_balancer_claim_settle,
-        watch_timeout=settings.watch_timeout)
+        watch_timeout=settings.watch_timeout, primary_provider=settings.credential_chain[0])

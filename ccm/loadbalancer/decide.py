@@ -2,7 +2,9 @@
 
 - Not (or no longer) a LoadBalancer of ours, or being deleted: release the IPs whose claim names it, then drop the
   finalizer (RELEASE); nothing to do without our finalizer (SKIP).
-- It holds a claim already (a restart, a resync): KEEP that IP.
+- It holds a claim already (a restart, a resync): KEEP that IP once verified (the claim check passed, or it was
+  recovered at start-up); a claim of ours never verified (written too late after its listing: not trusted) is
+  checked again (CLAIM of that same IP).
 - Otherwise the IP to claim: the requested one (it must be the owner's subscribed IPv4 address, on no NIC, claimed
   by nobody else), else the one its status already names (a Service migrated from kube-dc keeps its IP), else a
   free one of the pool (CLAIM) — or stay pending with the reason (PENDING): the pool is exhausted, the requested IP
@@ -77,9 +79,10 @@ def _check_requested(address: str, ips: Sequence[CloudIp], view: ServiceView, cl
 
 
 def decide(view: ServiceView, ips: Sequence[CloudIp], *, cluster: str, eligible_nodes: int,
-           reserved: Iterable[str] = ()) -> Decision:
-    """The decision for ``view`` given the owner's IPs (``ips``), the Nodes that can carry an IP and the IPs other
-    decisions in flight in this process are claiming (``reserved``)."""
+           reserved: Iterable[str] = (), verified: str | None = None) -> Decision:
+    """The decision for ``view`` given the owner's IPs (``ips``), the Nodes that can carry an IP, the IPs other
+    decisions in flight in this process are claiming (``reserved``) and the IP whose claim by this Service was
+    verified (``verified``: the controller's held IP)."""
     mine = _mine(ips, view, cluster)
     if not view.wants_ip:
         if not view.has_finalizer:
@@ -91,7 +94,7 @@ def decide(view: ServiceView, ips: Sequence[CloudIp], *, cluster: str, eligible_
     requested = view.requested_ip
     if mine and (requested is None or requested == mine[0].address or any(i.address == requested for i in mine)):
         keep = next((ip for ip in mine if ip.address == requested), mine[0])
-        return Decision(Verdict.KEEP, ip=keep.address,
+        return Decision(Verdict.KEEP if keep.address == verified else Verdict.CLAIM, ip=keep.address,
                         release=tuple(ip.address for ip in mine if ip.address != keep.address))
     if eligible_nodes <= 0:
         return _pending(NO_ELIGIBLE_NODE, "no Node can carry a load-balancer IP yet: a Node needs a public NIC with "

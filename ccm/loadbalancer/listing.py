@@ -2,6 +2,10 @@
 that asked for a listing newer than some moment, so twenty Services verified at once cost one listing, not twenty.
 
 Tag names (``GET /tags/``) are fetched only when an IP carries a tag not seen before: kube-dc's claims are tags.
+
+A listing answered by any credential but the primary one (the chain fell back, e.g. to a password user) may be
+another account's IPs: it raises :class:`ForeignListing` (a cloud error: the Service stays pending, nothing is
+claimed or released) instead of being used.
 """
 
 from __future__ import annotations
@@ -13,6 +17,13 @@ from dataclasses import dataclass
 
 from ccm.loadbalancer.ipam import CloudIp, parse_ips
 from cloudsigma.client import CloudSigmaClient
+from cloudsigma.errors import CallContext, CloudSigmaError
+
+
+class ForeignListing(CloudSigmaError):
+    """The IPs were listed by a credential other than the primary one: maybe another account's IPs."""
+
+    transient = True
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,11 @@ class Listing:
 class IpListings:
     """Coalesced listings: :meth:`newer_than` waits for one started after ``moment``."""
 
-    def __init__(self, client: CloudSigmaClient, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: CloudSigmaClient, *, primary: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
+        #: The provider a listing must come from (None: any, for callers with one credential).
+        self._primary = primary
         self._clock = clock
         self._latest: Listing | None = None
         self._running: asyncio.Task[Listing] | None = None
@@ -63,6 +77,11 @@ class IpListings:
     async def _fetch(self, started: float) -> Listing:
         try:
             ips = await self._client.list_ips()
+            if self._primary is not None and ips.provider != self._primary:
+                raise ForeignListing(f"the IPs were listed by credential {ips.provider!r}, not the primary "
+                                     f"{self._primary!r}: not used", resource="/ips/detail/",
+                                     context=CallContext(provider=ips.provider,
+                                                         request_id=(ips.request_ids or (None,))[-1]))
             unknown = {str(t.get("uuid")) for o in ips.objects for t in o.get("tags") or []
                        if isinstance(t, dict) and str(t.get("uuid")) not in self._tag_names}
             if unknown:

@@ -61,11 +61,15 @@ class ServiceView:
     @property
     def requested_ip(self) -> str | None:
         """The IP the Service asks for: our annotation, ``spec.loadBalancerIP``, or the announcers' annotations
-        (the first address of a list). ``None``: any IP of the pool."""
-        for raw in (self.annotations.get(REQUESTED_IP), self.spec_ip, self.annotations.get(METALLB_IPS),
-                    self.annotations.get(KUBE_VIP_IPS)):
+        (the first address of a list) unless they name the IP the status names — then they are what this CCM wrote
+        itself, not a request. ``None``: any IP of the pool."""
+        for raw, announcer in ((self.annotations.get(REQUESTED_IP), False), (self.spec_ip, False),
+                               (self.annotations.get(METALLB_IPS), True), (self.annotations.get(KUBE_VIP_IPS), True)):
             if raw and raw.strip():
-                return raw.split(",")[0].strip()
+                address = raw.split(",")[0].strip()
+                if announcer and address in self.ingress:
+                    continue
+                return address
         return None
 
     def event_ref(self) -> dict[str, str]:

@@ -92,7 +92,7 @@ class ReconcileSettings:
     lookup: str = "snapshot"
     #: The oldest snapshot a resync of an initialized Node may use (None: the cache's max age). With the periodic
     #: refresh on, up to its period: every refresh re-queues the Nodes whose server changed, so resyncs need no
-    #: listing of their own (see ccm.daemon.resync_max_age).
+    #: listing of their own (see ccm.tenant.controllers.resync_max_age).
     resync_max_age: float | None = None
 
 

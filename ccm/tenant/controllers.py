@@ -169,9 +169,9 @@ def build_tenant(services: Services, tenant: ApiClient | KubeconfigClient, ident
                             deny=settings.csr_approval == "approve-or-deny", watch_timeout=settings.watch_timeout)
     lb = load_balancer.from_settings(settings, kube=kube, client=client, nodes=watcher, cache=cache, events=events,
                                      metrics=metrics, cluster=identity.cluster)
-    broker = build_token_broker(settings, kube=kube, chain=services.chain, redactor=services.redactor, owner=user,
-                                region=identity.region, cluster_name=identity.name or identity.cluster,
-                                metrics=metrics)
+    broker = build_token_broker(settings, kube=kube, chain=services.chain, teach=services.source.teach,
+                                owner=user, region=identity.region, cluster_name=identity.name or identity.cluster,
+                                metrics=metrics, events=events)
     return Components(settings, metrics, services.chain, client, cache, tenant, kube, watcher, events, controller,
                       lifecycle, account=account, csr=csr, load_balancer=lb, broker=broker)
 

@@ -32,13 +32,15 @@ class RedactingSource:
         self.chain = chain
         self._redactor = redactor
 
-    def _teach(self, credential: Credential) -> None:
+    def teach(self, credential: Credential) -> None:
+        """Teach the redactor ``credential``'s secret until it expires (also for credentials fetched elsewhere,
+        e.g. the token broker's)."""
         until = credential.expires_at if credential.expires_at is not None else math.inf
         self._redactor.add(credential.secret.get_secret_value(), until=until)
 
     async def get(self, user_email: str, region: str) -> Credential:
         credential = await self.chain.get(user_email, region)
-        self._teach(credential)
+        self.teach(credential)
         return credential
 
     def invalidate(self, credential: Credential) -> None:
@@ -48,7 +50,7 @@ class RedactingSource:
     async def fallback_after_forbidden(self, user_email: str, region: str, failed: Credential) -> Credential | None:
         credential = await self.chain.fallback_after_forbidden(user_email, region, failed)
         if credential is not None:
-            self._teach(credential)
+            self.teach(credential)
         return credential
 
 

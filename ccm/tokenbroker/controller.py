@@ -8,8 +8,9 @@ refresh margin, never a clock of our own — or sooner: the check period (so a d
 refresh period), a retry with backoff while impersonation or the tenant API fails, and the expiry of a token a
 Secret still holds while impersonation fails (so it is emptied then, not later).
 
-Events go to the Secret's namespace, once per change of what a target holds (not every pass); metrics count writes
-and failures per target; :meth:`TokenBroker.status` feeds ``/debug/credentials``.
+Events go to the Secret's namespace (through the tenant's recorder, flushed with the others at shutdown), once per
+change of what a target holds (not every pass); metrics count writes and failures per target;
+:meth:`TokenBroker.status` feeds ``/debug/credentials``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class TokenBroker:
     """Keeps the owner's token in each target Secret of one tenant cluster."""
 
     def __init__(self, *, kube: KubeTransport, chain: CredentialChain, provider: str, facts: Facts,
-                 targets: Sequence[Target], metrics: Metrics, events: Callable[[str], EventRecorder],
+                 targets: Sequence[Target], metrics: Metrics, events: EventRecorder,
                  create_namespace: bool = False, teach: Callable[[Credential], None] | None = None,
                  clock: Callable[[], float] = time.time, check_period: float = CHECK_PERIOD) -> None:
         self._kube = kube
@@ -118,9 +119,7 @@ class TokenBroker:
         try:
             credential = await self._chain.get_from(self._provider, owner, region, settle=True)
         except CredentialError as exc:
-            return Failure(exc.reason, exc.message)
-        except KeyError:
-            return Failure("not_configured", f"the credential chain has no provider {self._provider!r}")
+            return Failure(exc.reason, exc.message)  # ProviderNotInChain: not_configured
         now = self._clock()
         token = usable_token(credential, owner=owner, provider=self._provider, region=region, now=now)
         error = self._chain.refresh_error(self._provider, owner, region)
@@ -204,7 +203,7 @@ class TokenBroker:
 
     def _record(self, target: Target, uid: str, event: ObjectEvent) -> None:
         ref = {"kind": "Secret", "namespace": target.namespace, "name": target.name, "uid": uid, "apiVersion": "v1"}
-        self._events(target.namespace).record_for(ref, event)
+        self._events.record_for(ref, event)  # the recorder sends it to the Secret's namespace
 
     # ------------------------------------------------------------------ status
 
@@ -222,8 +221,3 @@ class TokenBroker:
                                                           "message": error[2]},
             })
         return out
-
-    async def flush(self, timeout: float = 2.0) -> None:
-        """Wait (bounded) for Events still being sent."""
-        for namespace in {t.namespace for t in self._targets}:
-            await self._events(namespace).flush(timeout=timeout)

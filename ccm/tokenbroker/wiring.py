@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import socket
+from collections.abc import Callable
 
 from ccm.config import Settings
 from ccm.kube.events import EventRecorder
 from ccm.kube.permissions import Permission, token_broker
 from ccm.kube.transport import KubeTransport
-from ccm.logging import Redactor
 from ccm.metrics import Metrics
 from ccm.tokenbroker.controller import TokenBroker
 from ccm.tokenbroker.decide import Facts
@@ -33,25 +31,16 @@ def token_broker_permissions(settings: Settings) -> tuple[Permission, ...]:
                         create_namespace=settings.token_broker_create_namespace)
 
 
-def build_token_broker(settings: Settings, *, kube: KubeTransport, chain: CredentialChain, redactor: Redactor,
-                       owner: str, region: str, cluster_name: str, metrics: Metrics) -> TokenBroker | None:
+def build_token_broker(settings: Settings, *, kube: KubeTransport, chain: CredentialChain,
+                       teach: Callable[[Credential], None], owner: str, region: str, cluster_name: str,
+                       metrics: Metrics, events: EventRecorder) -> TokenBroker | None:
     """The broker for one tenant cluster acting as ``owner`` in ``region``, or None when ``--token-broker`` is off.
-    Its tokens come from the shared chain (a fleet's tenants of one owner share the cached token)."""
+    Its tokens come from the shared chain (a fleet's tenants of one owner share the cached token); ``teach`` shows
+    each token it hands on to the log redactor (the tenant runtime passes its ``RedactingSource.teach``). Its
+    Events go through the tenant's ``events`` recorder (to each Secret's namespace), flushed at shutdown."""
     targets = token_broker_targets(settings)
     if not targets or not owner:
         return None
-    recorders: dict[str, EventRecorder] = {}
-    host = socket.gethostname()
-
-    def events(namespace: str) -> EventRecorder:
-        if namespace not in recorders:
-            recorders[namespace] = EventRecorder(kube, namespace=namespace, host=host)
-        return recorders[namespace]
-
-    def teach(credential: Credential) -> None:
-        until = credential.expires_at if credential.expires_at is not None else math.inf
-        redactor.add(credential.secret.get_secret_value(), until=until)
-
     return TokenBroker(kube=kube, chain=chain, provider=settings.impersonation_strategy,
                        facts=Facts(owner=owner.strip().lower(), region=region, cluster_name=cluster_name),
                        targets=targets, metrics=metrics, events=events,

@@ -26,7 +26,7 @@ from ccm.loadbalancer.service import FINALIZER
 from ccm.logging import Redactor
 from ccm.metrics import Metrics
 from tests.emulator import EmulatorServer, EmulatorState, public_dhcp_nic, public_manual_nic
-from tests.integration.harness import ALICE, CLIENT_ID, CLIENT_SECRET, running_ccm
+from tests.integration.harness import ALICE, CLIENT_ID, CLIENT_SECRET, impersonation_overrides, running_ccm
 from tests.integration.test_fleet_runtime import _open_fence, fleet_settings, spec
 from tests.realenv.kube_fixtures import api_client_for
 from tests.realenv.kubeapiserver import KubeAPIServer
@@ -438,3 +438,53 @@ async def test_fleet_handover_keeps_every_ip(world: EmulatorState, emulator: Emu
         await second.stop(1.0)
         await services.close()
     assert len(world.requests_to("PUT /ips/{ip}/")) == writes
+
+
+async def test_a_claim_overwritten_elsewhere_is_withdrawn_from_the_pool_and_status(
+        world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, cluster: ApiClient) -> None:
+    """A Service's verified claim is later overwritten by another cluster and no other IP is free: it stops being
+    announced (out of MetalLB's pool, status and our annotations cleared), and our own announcer annotation is not
+    taken for the user's request (no REQUESTED_IN_USE blaming the user)."""
+    [only] = subscribe(world, 1)
+    await add_nodes(world, cluster, ["lb-w1"])
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, cluster_name="c1", **LB) as ccm:
+        lb = ccm.parts.load_balancer
+        assert lb is not None
+        await create_service(cluster, "web")
+        await wait_for(lambda: _pooled(cluster, [only]), 20, message="the IP announced")
+        world.ips[only].meta = {CLAIM_CLUSTER: "elsewhere", CLAIM_SERVICE: "x/y"}
+        await asyncio.sleep(0.5)  # past the settle time: the next decision lists the IPs again
+        lb.queue.add(f"{NS}/web")
+        await wait_for(lambda: _pooled(cluster, None), 20, message="the lost IP out of the pool")
+        svc = await service(cluster, "web")
+        assert ingress(svc) is None and lb.held == {}
+        assert "metallb.io/loadBalancerIPs" not in (svc or {})["metadata"].get("annotations", {})
+        text = ccm.parts.metrics.render().decode()  # the Event is one series per reason: its message is replaced
+        assert 'load_balancer_allocation_failures_total{cluster="c1",reason="pool_exhausted"}' in text
+        assert 'reason="requested_in_use"' not in text
+
+
+async def _pooled(api: ApiClient, wanted: list[str] | None) -> bool:
+    return await pool_addresses(api) == wanted
+
+
+async def test_a_listing_by_the_fallback_credential_claims_and_releases_nothing(
+        world: EmulatorState, emulator: EmulatorServer, kube_apiserver: KubeAPIServer, cluster: ApiClient) -> None:
+    """Impersonation is preferred but refused (wrong client secret): the chain falls back to the password user,
+    which may be another account. Its IP listings are not used: no claim written, no orphan claim released, no IP
+    announced (the start-up recovery keeps waiting for a listing by the primary credential)."""
+    subscribe(world, 2)
+    world.add_ip(ALICE, "185.77.1.1", meta={CLAIM_CLUSTER: "c1", CLAIM_SERVICE: f"{NS}/gone"})  # an orphan of c1
+    await add_nodes(world, cluster, ["lb-f1"])
+    overrides = LB | impersonation_overrides(emulator, client_secret="wrong-secret-value")
+    async with running_ccm(kube_apiserver.admin_kubeconfig, emulator, cluster_name="c1", **overrides) as ccm:
+        lb = ccm.parts.load_balancer
+        assert lb is not None
+        await create_service(cluster, "web")
+        await wait_for(lambda: len(world.requests_to("GET /ips/detail/")) >= 2, 20,
+                       message="the IPs listed (through the fallback) twice")
+        await wait_for(lambda: bool(lb.eligible), 10, message="a Node that could carry the IP")
+        await asyncio.sleep(1.0)
+        assert not world.requests_to("PUT /ips/{ip}/")
+        assert claims(world) == {"185.77.1.1": ("c1", f"{NS}/gone")}
+        assert ingress(await service(cluster, "web")) is None and lb.held == {}

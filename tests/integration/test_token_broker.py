@@ -240,7 +240,7 @@ async def test_failing_impersonation_never_writes_a_fallback_and_empties_the_tok
                 values = [*current.data.values(), *current.annotations.values()]
                 assert not [v for v in values if FOREIGN_TOKEN in v or ALICE_PW in v], current
                 assert current.token == "", "a token written after the owner's last valid one expired"
-            await ccm.parts.broker.flush()
+            await ccm.parts.events.flush()  # what shutdown flushes: the broker's Events are in it
             reasons = {(e["type"], e["reason"]) for e in await events_in(kube_api, ns)}
             failures = metric(ccm, "cloudsigma_ccm_token_broker_failures_total", cluster="test", target=target,
                               reason="invalid_client")
@@ -272,7 +272,7 @@ async def test_a_secret_not_managed_by_the_ccm_is_left_alone(
         await wait_for(lambda: broker.status()[0]["state"] != "pending", 30, interval=0.2)  # its first pass
         for _ in range(2):
             await broker.sync()  # more passes: still one Event, still no write
-        await broker.flush()
+        await ccm.parts.events.flush()  # what shutdown flushes: the broker's Events are in it
         after = await read(kube_api, target)
         events = await events_in(kube_api, ns)
         state = broker.status()[0]

@@ -141,6 +141,8 @@ def test_two_client_authentication_methods_are_refused(env, capsys, tmp_path: Pa
         ({"CLOUDSIGMA_USERNAME": "a@b.c", "CLOUDSIGMA_PASSWORD": "x"}, "--region"),
         (BASE | {"CLOUDSIGMA_CONCURRENT_NODE_SYNCS": "0"}, "--concurrent-node-syncs"),
         (BASE | {"CLOUDSIGMA_LEADER_ELECT_RESOURCE_NAME": "Bad_Name"}, "--leader-elect-resource-name"),
+        # IP claims are keyed by the cluster name: an empty one never reads back as ours (every Service CLAIM_LOST).
+        (BASE | {"CLOUDSIGMA_LOAD_BALANCER": "metallb"}, "--cluster-name"),
     ],
 )
 def test_invalid_configuration_exit_2_one_line(env, capsys, values, setting) -> None:  # type: ignore[no-untyped-def]

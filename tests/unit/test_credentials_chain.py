@@ -24,6 +24,7 @@ from credentials.base import (
     CredentialUnavailable,
     Identity,
     NoCredential,
+    ProviderNotInChain,
 )
 from credentials.cache import CacheKey, TokenCache
 from credentials.chain import CredentialChain
@@ -326,6 +327,14 @@ async def test_unexpected_exception_becomes_unavailable_without_its_text() -> No
     assert warning["reason"] == "internal_error"
     assert "KeyError" in warning["message"]
     assert "hunter2" not in repr(logs)
+
+
+async def test_get_from_a_provider_not_in_the_chain_is_a_typed_not_configured_error() -> None:
+    clock = Clock()
+    chain = make_chain(FakeProvider("password", clock, impersonated=False, lifetime=None), clock=clock)
+    with pytest.raises(ProviderNotInChain) as raised:
+        await chain.get_from("keycloak-token-exchange", USER, "next")
+    assert raised.value.reason == "not_configured" and raised.value.provider == "keycloak-token-exchange"
 
 
 async def test_uncacheable_provider_is_called_each_time_but_logged_once() -> None:

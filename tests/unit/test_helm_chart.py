@@ -127,6 +127,7 @@ def test_one_replica_has_no_disruption_budget() -> None:
     (["csrApproval=yes"], 'csrApproval must be off, approve or approve-or-deny, not "yes"'),
     (["secretless.enabled=true"], "secretless.audience is required"),
     (["clusterRef=example"], "clusterRef must be namespace/name"),
+    (["loadBalancer=metallb"], "clusterName is required with loadBalancer"),
     (["tokenBroker.enabled=true", "tokenBroker.targets={cloudsigma-token}"],
      'tokenBroker.targets must be namespace/secret names, e.g. .*, not "cloudsigma-token"'),
     (["tokenBroker.enabled=true", "tokenBroker.targets={a/x,a/x}"], "tokenBroker.targets names a target twice"),

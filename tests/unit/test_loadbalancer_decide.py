@@ -87,10 +87,33 @@ def test_claims_a_free_ip_and_two_services_spread() -> None:
 def test_keeps_the_ip_it_holds_and_never_takes_one_claimed_elsewhere() -> None:
     ips = parse_ips([ip("185.1.1.2", meta=claim("c2", "default/web", "uid-1")),
                      ip("185.1.1.3", meta=claim("c1", "default/web", "uid-1"))])
-    d = decide(svc(), ips, cluster="c1", eligible_nodes=0)
+    d = decide(svc(), ips, cluster="c1", eligible_nodes=0, verified="185.1.1.3")
     assert (d.verdict, d.ip) == (Verdict.KEEP, "185.1.1.3")  # kept even while no Node is eligible
     other = decide(svc(uid="new-object"), ips, cluster="c1", eligible_nodes=1)
     assert (other.verdict, other.reason) == (Verdict.PENDING, POOL_EXHAUSTED)
+
+
+def test_a_claim_of_ours_not_yet_verified_is_checked_again_not_kept() -> None:
+    """A claim written too late after its listing (not trusted, CLAIM_LOST) stays in the IP's meta: the retry finds
+    it as ours, and must check it again (write + listing after settle) rather than KEEP it unchecked."""
+    ips = parse_ips([ip("185.1.1.3", meta=claim("c1", "default/web", "uid-1"))])
+    d = decide(svc(), ips, cluster="c1", eligible_nodes=1)
+    assert (d.verdict, d.ip) == (Verdict.CLAIM, "185.1.1.3")
+    held_elsewhere = decide(svc(), ips, cluster="c1", eligible_nodes=1, verified="185.1.1.9")
+    assert (held_elsewhere.verdict, held_elsewhere.ip) == (Verdict.CLAIM, "185.1.1.3")
+
+
+def test_our_own_announcer_annotation_is_not_a_request() -> None:
+    """The CCM writes the announcer's annotation next to the status: once its claim is lost, that annotation is its
+    own output, not the user asking for an IP (no REQUESTED_IN_USE blaming the user)."""
+    ours = {"metallb.io/loadBalancerIPs": "185.1.1.3", "metallb.io/address-pool": "cloudsigma-ccm"}
+    lost = parse_ips([ip("185.1.1.3", meta=claim("c2", "x/y", "z"))])
+    d = decide(svc(annotations=ours, ingress=["185.1.1.3"]), lost, cluster="c1", eligible_nodes=1)
+    assert (d.verdict, d.reason) == (Verdict.PENDING, POOL_EXHAUSTED)
+    assert svc(annotations={"kube-vip.io/loadbalancerIPs": "185.1.1.3"}, ingress=["185.1.1.3"]).requested_ip is None
+    # A user's own announcer annotation (it differs from the status) still asks for that IP.
+    assert svc(annotations={"metallb.io/loadBalancerIPs": "185.1.1.4"}, ingress=["185.1.1.3"]).requested_ip \
+        == "185.1.1.4"
 
 
 @pytest.mark.parametrize(("requested", "reason"), [

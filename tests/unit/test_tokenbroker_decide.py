@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, cast
 
+import pytest
 from pydantic import SecretStr
 
+from ccm.metrics import Metrics
 from ccm.tokenbroker import secret as s
+from ccm.tokenbroker.controller import TokenBroker
 from ccm.tokenbroker.decide import Action, Facts, Failure, Token, decide, usable_token
 from ccm.tokenbroker.secret import Target, secret_view
 from credentials.base import Credential, Identity, Verification
@@ -126,3 +129,17 @@ def test_a_failed_refresh_keeps_the_chains_last_valid_token_even_in_a_recreated_
     # Within EXPIRY_LEAD of its expiry it is no longer handed out: emptied before it expires.
     late = decide(TARGET, secret_view(stored(plan.body)), failing, FACTS, NOW + 299)
     assert late.state == "empty" and late.body is not None and data_of(late.body)["access_token"] == ""
+
+
+class _StrayKeyErrorChain:
+    """A chain whose acquisition fails with a KeyError of its own (a bug), not an unknown provider."""
+
+    async def get_from(self, name: str, user_email: str, region: str, *, settle: bool = False) -> Credential:
+        raise KeyError("expires_at")
+
+
+async def test_a_stray_key_error_while_acquiring_is_not_reported_as_a_provider_not_configured() -> None:
+    broker = TokenBroker(kube=cast(Any, None), chain=cast(Any, _StrayKeyErrorChain()), provider=PROVIDER,
+                         facts=FACTS, targets=[], metrics=Metrics(), events=cast(Any, None))
+    with pytest.raises(KeyError, match="expires_at"):
+        await broker.sync()
