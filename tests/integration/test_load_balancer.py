@@ -456,9 +456,13 @@ async def test_a_claim_overwritten_elsewhere_is_withdrawn_from_the_pool_and_stat
         await asyncio.sleep(0.5)  # past the settle time: the next decision lists the IPs again
         lb.queue.add(f"{NS}/web")
         await wait_for(lambda: _pooled(cluster, None), 20, message="the lost IP out of the pool")
-        svc = await service(cluster, "web")
-        assert ingress(svc) is None and lb.held == {}
-        assert "metallb.io/loadBalancerIPs" not in (svc or {})["metadata"].get("annotations", {})
+
+        async def withdrawn() -> bool:  # the pool is synced first, then the Service's status and annotations
+            svc = await service(cluster, "web")
+            return (ingress(svc) is None and not lb.held
+                    and "metallb.io/loadBalancerIPs" not in (svc or {})["metadata"].get("annotations", {}))
+
+        await wait_for(withdrawn, 20, message="the lost IP out of the Service's status and annotations")
         text = ccm.parts.metrics.render().decode()  # the Event is one series per reason: its message is replaced
         assert 'load_balancer_allocation_failures_total{cluster="c1",reason="pool_exhausted"}' in text
         assert 'reason="requested_in_use"' not in text
