@@ -122,7 +122,8 @@ async def test_the_access_token_lifespan_is_a_realm_setting(keycloak: Keycloak) 
         response = await keycloak.exchange(ALICE)
         claims = verified_claims(response.access_token, await keycloak.jwks())
         assert claims["exp"] - claims["iat"] == 45
-        assert response.body["expires_in"] == 45
+        # expires_in is exp minus Keycloak's clock when it answers: a second boundary crossed in between gives 44.
+        assert response.body["expires_in"] in (44, 45)
     finally:
         await keycloak.set_access_token_lifespan(300)
     claims = verified_claims((await keycloak.exchange(ALICE)).access_token, await keycloak.jwks())
